@@ -1,0 +1,123 @@
+"""`python -m export`: build the model repository's weights and manifests from pinned registry artifacts.
+
+    python -m export                 # (re)export every model
+    python -m export --if-missing    # only models whose model.onnx is absent or differs from its manifest
+    python -m export --tensorrt      # also build TensorRT plans (GPU node with TensorRT only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from export import artifacts
+from export.artifacts import Artifact, sha256_file
+
+THRESHOLDS_FILE = Path(__file__).with_name("thresholds.json")
+
+
+@dataclass(frozen=True)
+class ModelExport:
+    model: str  # Triton model name
+    family: str
+    artifact: Artifact
+    module: str  # export.<module>.export_onnx(src, out) -> facts
+
+
+MODELS = (
+    ModelExport("face_detector", "yunet-2023mar", artifacts.YUNET, "yunet"),
+    ModelExport("face_embedder", "sface-2021dec", artifacts.SFACE_INT8BQ, "sface"),
+    ModelExport("face_embedder_dlib", "dlib-resnet-v1", artifacts.DLIB_RESNET, "dlib_resnet"),
+)
+
+
+def version_dir(repository: Path, model: str) -> Path:
+    return repository / model / "1"
+
+
+def is_current(repository: Path, spec: ModelExport) -> bool:
+    """True when model.onnx exists and matches the manifest written with it from the pinned source."""
+    directory = version_dir(repository, spec.model)
+    manifest_path, onnx_path = directory / "manifest.json", directory / "model.onnx"
+    if not (manifest_path.exists() and onnx_path.exists()):
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    return (manifest.get("source", {}).get("member_sha256") == spec.artifact.member_sha256
+            and manifest.get("output", {}).get("sha256") == sha256_file(onnx_path))
+
+
+def thresholds(model: str) -> dict:
+    """Calibrated operating points (committed in export/thresholds.json, written by the accuracy work)."""
+    return json.loads(THRESHOLDS_FILE.read_text()).get(model, {})
+
+
+def build_manifest(spec: ModelExport, facts: dict, onnx_path: Path) -> dict:
+    a = spec.artifact
+    calibrated = thresholds(spec.model)
+    return {
+        "name": spec.model,
+        "family": spec.family,
+        "licence": a.licence,
+        "source": {"registry": a.registry, "package": a.package, "version": a.version, "archive": a.archive,
+                   "archive_sha256": a.archive_sha256, "member": a.member, "member_sha256": a.member_sha256},
+        "output": {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "bytes": onnx_path.stat().st_size},
+        **facts,
+        "thresholds": calibrated.get("operating_points", {}),
+        "default_operating_point": calibrated.get("default_operating_point"),
+    }
+
+
+def export_model(repository: Path, spec: ModelExport) -> dict:
+    started = time.perf_counter()
+    src = artifacts.fetch(spec.artifact)
+    directory = version_dir(repository, spec.model)
+    directory.mkdir(parents=True, exist_ok=True)
+    module = importlib.import_module(f"export.{spec.module}")
+    # Write beside the target and rename, so a crash never leaves a half-written model for Triton.
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        tmp_onnx = Path(tmp) / "model.onnx"
+        facts = module.export_onnx(src, tmp_onnx)
+        tmp_onnx.replace(directory / "model.onnx")
+    manifest = build_manifest(spec, facts, directory / "model.onnx")
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"  {spec.model}: {spec.family} from {spec.artifact.spec} -> {directory / 'model.onnx'} "
+          f"({manifest['output']['bytes'] / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)", flush=True)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=artifacts.REPO_ROOT / "model_repository")
+    parser.add_argument("--if-missing", action="store_true", help="skip models that are already exported")
+    parser.add_argument("--only", nargs="*", choices=[m.model for m in MODELS], help="export only these models")
+    parser.add_argument("--tensorrt", action="store_true", help="also build FP16 TensorRT plans (needs a GPU)")
+    args = parser.parse_args(argv)
+
+    selected = [m for m in MODELS if not args.only or m.model in args.only]
+    todo = [m for m in selected if not (args.if_missing and is_current(args.repository, m))]
+    if todo:
+        print(f"==> exporting {len(todo)} model(s) from pinned registry artifacts", flush=True)
+    try:
+        for spec in todo:
+            export_model(args.repository, spec)
+        if args.tensorrt:
+            from export import tensorrt
+
+            tensorrt.build_all(args.repository)
+    except (artifacts.ArtifactError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not todo and not args.tensorrt:
+        print("==> models are up to date", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

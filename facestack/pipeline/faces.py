@@ -1,0 +1,116 @@
+"""The image -> faces -> embeddings pipeline, independent of where the models run.
+
+The Triton BLS model (`model_repository/face_pipeline`) runs it with the detector and embedders as
+Triton models; the benchmark runs the very same code with in-process onnxruntime sessions, which is the
+ceiling Triton is measured against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from facestack.pipeline import detection, quality
+from facestack.pipeline.alignment import align
+from facestack.pipeline.image import ImageError, decode, letterbox, to_nchw
+
+# detect(NCHW float32 BGR batch) -> YuNet outputs, each with a leading batch axis
+DetectFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+# embed(embedder name, NCHW float32 RGB crops) -> [N, D] raw embeddings
+EmbedFn = Callable[[str, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    name: str  # "sface", "dlib"
+    model: str  # Triton model name
+    template: np.ndarray  # [5, 2] landmark targets in crop pixels
+    size: int  # crop side
+    dim: int = 128  # embedding length
+
+
+@dataclass(frozen=True)
+class Options:
+    max_faces: int = 16
+    min_face_size: float = 0.0
+    embedder: str = "sface"
+
+
+@dataclass
+class Faces:
+    """Everything the pipeline returns for one image (F faces, sorted largest first)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray
+    quality: np.ndarray  # [F, len(quality.FIELDS)]
+    image_size: tuple[int, int]  # height, width
+    embedder: EmbedderSpec
+    embeddings: np.ndarray  # [F, D], L2-normalised
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class FacePipeline:
+    def __init__(self, detect: DetectFn, embed: EmbedFn, embedders: Sequence[EmbedderSpec],
+                 detector_size: int = 640, score_threshold: float = 0.6, nms_threshold: float = 0.3,
+                 max_pixels: int = 40_000_000) -> None:
+        self._detect = detect
+        self._embed = embed
+        self.embedders = {spec.name: spec for spec in embedders}
+        self.detector_size = detector_size
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.max_pixels = max_pixels
+
+    def run(self, images: Sequence[bytes], options: Sequence[Options]) -> list[Faces | ImageError]:
+        """Process a batch of encoded images: one detector call, then one embedder call per embedder."""
+        results: list[Faces | ImageError | None] = [None] * len(images)
+        decoded: dict[int, np.ndarray] = {}
+        for i, (data, opts) in enumerate(zip(images, options, strict=True)):
+            try:
+                if opts.embedder not in self.embedders:
+                    raise ImageError("invalid_argument", f"unknown embedder {opts.embedder!r}; "
+                                     f"choose one of {sorted(self.embedders)}")
+                decoded[i] = decode(data, self.max_pixels)
+            except ImageError as exc:
+                results[i] = exc
+        if not decoded:
+            return results  # type: ignore[return-value]
+
+        boxes = {i: letterbox(img, self.detector_size) for i, img in decoded.items()}
+        outputs = self._detect(to_nchw([b.canvas for b in boxes.values()]))
+        crops: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for row, (i, lb) in enumerate(boxes.items()):
+            opts = options[i]
+            found = detection.decode({k: v[row] for k, v in outputs.items()}, self.detector_size,
+                                     self.detector_size, self.score_threshold, self.nms_threshold)
+            faces = detection.select(found.scaled(1 / lb.scale), opts.max_faces, opts.min_face_size)
+            spec = self.embedders[opts.embedder]
+            image = decoded[i]
+            aligned = [align(image, lm, spec.template, spec.size) for lm in faces.landmarks]
+            qualities = [quality.measure(box, lm, crop)
+                         for box, lm, crop in zip(faces.boxes, faces.landmarks, aligned, strict=True)]
+            results[i] = Faces(
+                boxes=faces.boxes, scores=faces.scores, landmarks=faces.landmarks,
+                quality=np.array(qualities, np.float32).reshape(-1, len(quality.FIELDS)),
+                image_size=(image.shape[0], image.shape[1]), embedder=spec,
+                embeddings=np.zeros((0, spec.dim), np.float32),
+            )
+            crops.setdefault(spec.name, []).extend((i, c) for c in aligned)
+
+        for name, items in crops.items():
+            if not items:
+                continue
+            rgb = [cv2.cvtColor(crop, cv2.COLOR_BGR2RGB) for _, crop in items]
+            vectors = l2_normalise(self._embed(name, to_nchw(rgb)))
+            owners = np.array([i for i, _ in items])
+            for i in np.unique(owners):
+                results[i].embeddings = vectors[owners == i]  # type: ignore[union-attr]
+        return results  # type: ignore[return-value]

@@ -1,0 +1,159 @@
+"""Triton python-backend models. Imported only inside Triton's stub (triton_python_backend_utils exists there).
+
+`OnnxModel` runs a model's `model.onnx` with onnxruntime: the CPU stand-in for Triton's onnxruntime
+backend, which no registry ships off-GPU. `PipelineModel` is the BLS face pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from facestack.pipeline import detection
+from facestack.pipeline.faces import EmbedderSpec, FacePipeline, Faces, Options
+from facestack.pipeline.image import ImageError
+
+
+def _parameters(config: dict) -> dict[str, str]:
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def _error_responses(requests: list, message: str) -> list:
+    return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+
+
+def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Several sessions share the cores (detector, embedders, pipeline glue): spinning threads would
+    # burn the CPU another model needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel:
+    """Dynamic-batched onnxruntime model: Triton hands over several requests, we run them as one batch."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = _parameters(config)
+        path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
+        self.session = onnx_session(path, int(params.get("intra_op_threads", "0")))
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+
+    def execute(self, requests: list) -> list:
+        inputs = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+                  for name in self.input_names}
+        sizes = [array.shape[0] for array in inputs[self.input_names[0]]]
+        try:
+            outputs = self.session.run(self.output_names, {k: np.concatenate(v) for k, v in inputs.items()})
+        except Exception as exc:  # a bad shape from a client must fail its requests, not the model
+            return _error_responses(requests, f"inference failed: {exc}")
+        splits = np.cumsum(sizes)[:-1]
+        per_request = zip(*(np.split(out, splits) for out in outputs), strict=True)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(a))
+                                            for n, a in zip(self.output_names, arrays, strict=True)])
+                for arrays in per_request]
+
+
+def _latest_manifest(model_dir: Path) -> tuple[str, dict]:
+    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()
+                       and (p / "manifest.json").exists()), reverse=True)
+    if not versions:
+        raise FileNotFoundError(f"no exported version with manifest.json under {model_dir} (run `python -m export`)")
+    return str(versions[0]), json.loads((model_dir / str(versions[0]) / "manifest.json").read_text())
+
+
+class PipelineModel:
+    """BLS: decode -> letterbox -> face_detector -> decode + NMS -> align -> embedder, per batch of images."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = _parameters(config)
+        repository = Path(args["model_repository"]).parent
+        self.detector = params.get("detector_model", "face_detector")
+        self.embed_batch = int(params.get("embedder_max_batch", "64"))
+        specs = []
+        self.versions: dict[str, str] = {}
+        for item in params.get("embedders", "sface=face_embedder,dlib=face_embedder_dlib").split(","):
+            name, model = item.split("=")
+            version, manifest = _latest_manifest(repository / model)
+            align = manifest["alignment"]
+            specs.append(EmbedderSpec(name, model, np.asarray(align["template"], np.float64), align["size"][0],
+                                      manifest["embedding"]["dim"]))
+            self.versions[name] = f"{model}:{version}"
+        self.models = {spec.name: spec.model for spec in specs}
+        self.default_embedder = params.get("default_embedder", "sface")
+        self.pipeline = FacePipeline(
+            self._detect, self._embed, specs,
+            detector_size=int(params.get("detector_size", "640")),
+            score_threshold=float(params.get("score_threshold", "0.6")),
+            nms_threshold=float(params.get("nms_threshold", "0.3")),
+            max_pixels=int(params.get("max_pixels", "40000000")),
+        )
+
+    @staticmethod
+    def _infer(model: str, batch: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs,
+                                            inputs=[pb_utils.Tensor("input", batch)])
+        response = request.exec()
+        if response.has_error():
+            raise pb_utils.TritonModelException(f"{model}: {response.error().message()}")
+        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+
+    def _detect(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self._infer(self.detector, batch, list(detection.OUTPUT_NAMES))
+
+    def _embed(self, embedder: str, crops: np.ndarray) -> np.ndarray:
+        # Chunks keep one call within the embedder's max_batch_size.
+        chunks = [self._infer(self.models[embedder], crops[i:i + self.embed_batch], ["embedding"])["embedding"]
+                  for i in range(0, len(crops), self.embed_batch)]
+        return np.concatenate(chunks)
+
+    def _options(self, request) -> Options:
+        def scalar(name: str, default):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            return default if tensor is None else tensor.as_numpy().reshape(-1)[0]
+
+        embedder = scalar("EMBEDDER", self.default_embedder.encode())
+        return Options(max_faces=int(scalar("MAX_FACES", 16)), min_face_size=float(scalar("MIN_FACE_SIZE", 0)),
+                       embedder=(embedder.decode() if isinstance(embedder, bytes) else str(embedder)) or "sface")
+
+    def _response(self, faces: Faces) -> object:
+        tensors = {
+            "BOXES": faces.boxes.astype(np.float32), "SCORES": faces.scores.astype(np.float32),
+            "LANDMARKS": faces.landmarks.astype(np.float32), "EMBEDDINGS": faces.embeddings.astype(np.float32),
+            "QUALITY": faces.quality.astype(np.float32),
+        }
+        out = [pb_utils.Tensor(name, np.ascontiguousarray(array[None])) for name, array in tensors.items()]
+        out.append(pb_utils.Tensor("IMAGE_SIZE", np.array([faces.image_size], np.int32)))
+        out.append(pb_utils.Tensor("EMBEDDER_MODEL", np.array([[self.versions[faces.embedder.name].encode()]],
+                                                               dtype=object)))
+        return pb_utils.InferenceResponse(out)
+
+    def execute(self, requests: list) -> list:
+        images, options, responses = [], [], [None] * len(requests)
+        for i, request in enumerate(requests):
+            try:
+                image = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)[0]
+                option = self._options(request)
+            except Exception as exc:  # malformed request tensors
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"invalid_argument: {exc}"))
+                continue
+            images.append(bytes(image))
+            options.append(option)
+        valid = [i for i, r in enumerate(responses) if r is None]
+        try:
+            results = self.pipeline.run(images, options)
+        except Exception as exc:  # a composing model failed: fail these requests, keep serving
+            return [r or pb_utils.InferenceResponse(error=pb_utils.TritonError(f"internal: {exc}")) for r in responses]
+        for i, result in zip(valid, results, strict=True):
+            responses[i] = (pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result)))
+                            if isinstance(result, ImageError) else self._response(result))
+        return responses

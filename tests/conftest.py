@@ -1,0 +1,32 @@
+"""Shared fixtures: registry test photos and one real Triton server per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from export.artifacts import REPO_ROOT, photo
+from facestack.triton.launcher import TritonServer
+
+LFW_DIR = REPO_ROOT.parent / "shared" / "datasets" / "lfw-view1"
+
+
+def photo_bytes(name: str) -> bytes:
+    """A registry test photo (see export.artifacts.PHOTOS), fetched and sha256-checked on first use."""
+    return Path(photo(name)).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def triton() -> Iterator[TritonServer]:
+    """The real tritonserver binary on CPU with model_repository/, ready to serve face_pipeline."""
+    with TritonServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def lfw_dir() -> Path:
+    if not (LFW_DIR / "pairsDevTest.txt").exists():
+        pytest.skip(f"LFW View 1 not found at {LFW_DIR} (developers' machines only)")
+    return LFW_DIR
