@@ -166,3 +166,7 @@ def fetch(artifact: Artifact) -> Path:
 def photo(name: str) -> Path:
     """A registry test photo by file name (see PHOTOS)."""
     return fetch(PHOTOS[name])
+
+
+def photo_bytes(name: str) -> bytes:
+    return photo(name).read_bytes()

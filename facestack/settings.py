@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,33 @@ class Settings(BaseSettings):
     triton_start_timeout_s: float = 120.0
     model_repository: Path = REPO_ROOT / "model_repository"
     model_config_name: str = ""  # "gpu" selects configs/gpu.pbtxt on GPU nodes
+
+    # --- Gateway (docs/gateway.md). Names fixed by the Helm chart: PORT, MILVUS_URI, MILVUS_TOKEN. ---
+    port: int = Field(8000, validation_alias=AliasChoices("PORT", "port"))
+    # "" = Milvus Lite under data_dir; or a server URI such as http://milvus:19530
+    milvus_uri: str = Field("", validation_alias=AliasChoices("MILVUS_URI", "milvus_uri"))
+    milvus_token: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("MILVUS_TOKEN", "milvus_token"))
+    api_key: SecretStr | None = None  # FACESTACK_API_KEY: an all-scopes key for tenant "default"
+    api_keys_file: Path | None = None  # JSON of hashed keys (a mounted Secret)
+    log_level: str = "info"
+    audit_log: str = ""  # "" = <data_dir>/audit.jsonl; "-" = stdout
+    gateway_max_image_bytes: int = 10 * 1024 * 1024
+    gateway_max_image_pixels: int = 40_000_000  # at most Triton's own limit (face_pipeline max_pixels)
+    gateway_max_images_per_request: int = 16  # bulk enrolment
+    gateway_triton_concurrency: int = 8  # calls in flight to Triton per gateway process
+    gateway_triton_queue: int = 64  # calls waiting for a slot; beyond it: 429
+    gateway_triton_timeout_s: float = 10.0
+    gateway_milvus_timeout_s: float = 5.0
+    gateway_milvus_workers: int = 8  # threads for the (blocking) pymilvus client
+    gateway_retry_after_s: int = 1  # Retry-After on 429
+    gateway_backend_retry_after_s: int = 5  # Retry-After on 503
+    gateway_default_embedder: str = "sface"
+    gateway_min_face_size: int = 40  # pixels, shorter box side; smaller faces are face_too_small
+    gateway_min_sharpness: float = 10.0  # variance of Laplacian of the aligned crop
+    gateway_max_pose_deg: float = 50.0  # |yaw| and |pitch| above it are low_quality
+    gateway_brightness_range: tuple[float, float] = (25.0, 235.0)
+    gateway_max_faces_per_subject: int = 32
+    gateway_shutdown_timeout_s: float = 30.0
 
 
 @lru_cache

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from export.artifacts import REPO_ROOT, photo
+from export.artifacts import REPO_ROOT, photo_bytes
 from facestack.triton.launcher import TritonServer
 
+__all__ = ["photo_bytes"]  # registry test photos, fetched and sha256-checked on first use
+
 LFW_DIR = REPO_ROOT.parent / "shared" / "datasets" / "lfw-view1"
-
-
-def photo_bytes(name: str) -> bytes:
-    """A registry test photo (see export.artifacts.PHOTOS), fetched and sha256-checked on first use."""
-    return Path(photo(name)).read_bytes()
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,10 @@ def _stub_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     libdir = sysconfig.get_config_var("LIBDIR") or ""
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    # The copied stub's RPATH ($ORIGIN/../../../../nvidia_pytriton.libs) no longer points at the wheel's
+    # bundled libraries (libcudart...), so name them explicitly.
+    bundled = str(pytriton_dir().parent.parent / "nvidia_pytriton.libs")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, bundled, env.get("LD_LIBRARY_PATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -149,6 +152,11 @@ class TritonServer:
                                        f"{failed[-1] if failed else ''}\n{self.log_tail()}")
             if self._model_ready():
                 return self
+            fatal = [line for line in self._log if "error while loading shared libraries" in line
+                     or "failed to load" in line]
+            if fatal:
+                self.stop()
+                raise TritonStartError(f"a model failed to load: {fatal[0]}\n{self.log_tail()}")
             time.sleep(0.1)
         self.stop()
         raise TritonStartError(f"{self.ready_model} not ready within {timeout:.0f}s\n{self.log_tail()}")
