@@ -110,7 +110,10 @@ def test_same_person_scores_higher_than_different(client, embedder: str) -> None
     obama, obama2, obama3, biden = (template(n) for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"))
     same = [float(obama @ obama2), float(obama @ obama3), float(obama2 @ obama3)]
     different = [float(obama @ biden), float(obama2 @ biden), float(obama3 @ biden)]
-    assert min(same) > max(different) + 0.1, (same, different)
+    # "Clearly": the gap covers a good part of the room left above the closest impostor score (cosine
+    # ranges differ by model: dlib's un-centred descriptors put even impostors near 0.8).
+    gap = (min(same) - max(different)) / (1 - max(different))
+    assert gap > 0.3, (same, different)
 
 
 def test_concurrent_requests_are_batched(client, triton) -> None:
