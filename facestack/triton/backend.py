@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from facestack.pipeline import detection
 from facestack.pipeline.faces import EmbedderSpec, FacePipeline, Faces, Options
 from facestack.pipeline.image import ImageError
+from facestack.pipeline.runtime import onnx_session
 
 
 def _parameters(config: dict) -> dict[str, str]:
@@ -24,16 +24,6 @@ def _parameters(config: dict) -> dict[str, str]:
 
 def _error_responses(requests: list, message: str) -> list:
     return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
-
-
-def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Several sessions share the cores (detector, embedders, pipeline glue): spinning threads would
-    # burn the CPU another model needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxModel:
