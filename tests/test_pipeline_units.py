@@ -152,3 +152,18 @@ def test_quality_measures_sharpness_and_brightness() -> None:
     assert fields["face_size"] == 80
     assert q_sharp[1] > 10 * q_blur[1]
     assert quality.measure(box, ARCFACE, np.full((112, 112, 3), 200, np.uint8))[5] == pytest.approx(200)
+
+
+def test_align_large_face_is_antialiased_and_in_place() -> None:
+    # A fine checkerboard (period 4 px) at 8x shrink: a direct bilinear warp aliases into stripes,
+    # pyramid halving first averages it to flat grey.
+    image = ((np.indices((1200, 1200)).sum(axis=0) // 2) % 2 * 255).astype(np.uint8)
+    image = np.dstack([image] * 3)
+    src = ARCFACE * 8 + 100
+    for x, y in src:  # white dots on the landmarks survive the shrink where they belong
+        cv2.circle(image, (round(x), round(y)), 24, (255, 255, 255), -1)
+    crop = align(image, src, ARCFACE, 112)
+    background = crop[5:30, 5:30].astype(float)
+    assert background.std() < 20 and abs(background.mean() - 127) < 20
+    for x, y in ARCFACE:
+        assert crop[round(y), round(x)].min() > 200
