@@ -48,11 +48,12 @@ class Settings(BaseSettings):
     gateway_backend_retry_after_s: int = 5  # Retry-After on 503
     gateway_default_embedder: str = "sface"
     gateway_min_face_size: int = 40  # pixels, shorter box side; smaller faces are face_too_small
-    gateway_min_sharpness: float = 10.0  # variance of Laplacian of the aligned crop
+    gateway_min_sharpness: float = 15.0  # variance of Laplacian of the aligned crop (blur radius 10: ~9)
     gateway_max_pose_deg: float = 50.0  # |yaw| and |pitch| above it are low_quality
     gateway_brightness_range: tuple[float, float] = (25.0, 235.0)
     gateway_max_faces_per_subject: int = 32
     gateway_shutdown_timeout_s: float = 30.0
+    gateway_host: str = "0.0.0.0"  # `python -m gateway` (containers); `make run` always binds 127.0.0.1
 
 
 @lru_cache

@@ -1,0 +1,1 @@
+"""HTTP routes: recognition (detect, verify, identify), galleries/subjects/faces, health and metrics."""

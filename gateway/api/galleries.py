@@ -1,0 +1,246 @@
+"""Galleries, subjects and their faces (enrolment), with erasure receipts.
+
+Scopes: creating and deleting a gallery needs `admin`; everything else here needs `enrol`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+
+from gateway.api.common import BACKEND, IMAGE, image_body, iso, problems, request_id, services
+from gateway.api.recognition import analyze_all
+from gateway.auth import AdminKey, EnrolKey, Principal
+from gateway.errors import ApiError
+from gateway.faces import select
+from gateway.inputs import read_images
+from gateway.operating_points import embedder_name
+from gateway.schemas import (
+    EnrolForm,
+    EnrolJson,
+    EnrolResponse,
+    ErasureReceipt,
+    FacePage,
+    Gallery,
+    GalleryCreate,
+    GalleryPage,
+    Subject,
+    SubjectCreate,
+    SubjectPage,
+    SubjectPatch,
+    check_id,
+)
+from gateway.store import MAX_QUERY_WINDOW
+
+router = APIRouter(prefix="/v1/galleries", tags=["galleries"])
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=MAX_QUERY_WINDOW - 1000, description="items to skip")]
+_STORE = ("backend_unavailable", "timeout")
+
+
+def _gallery(row: dict) -> dict:
+    return {"gallery_id": row["gallery"], "embedder": row["embedder"], "metadata": row.get("metadata") or {},
+            "created_at": iso(row["created"])}
+
+
+def _subject(row: dict) -> dict:
+    return {"gallery_id": row["gallery"], "subject_id": row["subject"], "name": row.get("name") or None,
+            "metadata": row.get("metadata") or {}, "created_at": iso(row["created"]),
+            "updated_at": iso(row["updated"])}
+
+
+def _receipt(request: Request, principal: Principal, operation: str, gallery: str, *, subject: str | None = None,
+             face: str | None = None, subjects: int = 0, templates: int = 0, remaining: int = 0) -> dict:
+    svc = services(request)
+    receipt = {"receipt_id": uuid.uuid4().hex, "operation": operation, "tenant": principal.tenant,
+               "gallery_id": gallery, "subject_id": subject, "face_id": face, "subjects_deleted": subjects,
+               "templates_deleted": templates, "remaining_templates": remaining,
+               "erased_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+               "request_id": request_id(request)}
+    svc.audit.write(operation, tenant=principal.tenant, key_id=principal.key_id, gallery=gallery, subject=subject,
+                    face_ids=[face] if face else None, subjects_deleted=subjects, templates_deleted=templates,
+                    receipt_id=receipt["receipt_id"], request_id=request_id(request))
+    return receipt
+
+
+# ---- galleries ------------------------------------------------------------------------------------
+
+@router.post("", status_code=201, response_model=Gallery, summary="Create a gallery",
+             responses=problems("forbidden", "conflict", *_STORE))
+async def create_gallery(body: GalleryCreate, request: Request, response: Response,
+                         principal: AdminKey) -> dict:
+    svc = services(request)
+    embedder = body.embedder or svc.settings.gateway_default_embedder
+    row = await svc.store.create_gallery(principal.tenant, body.gallery_id, embedder, body.metadata or {})
+    svc.audit.write("create_gallery", tenant=principal.tenant, key_id=principal.key_id, gallery=body.gallery_id,
+                    request_id=request_id(request))
+    response.headers["Location"] = f"/v1/galleries/{quote(body.gallery_id, safe='')}"
+    return {**_gallery(row), "subjects": 0, "templates": 0}
+
+
+@router.get("", response_model=GalleryPage, summary="List the tenant's galleries",
+            responses=problems("forbidden", *_STORE))
+async def list_galleries(request: Request, principal: EnrolKey,
+                         limit: Limit = 100, offset: Offset = 0) -> dict:
+    rows, total = await services(request).store.list_galleries(principal.tenant, limit, offset)
+    return {"items": [_gallery(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{gallery_id}", response_model=Gallery, summary="A gallery with its subject and template counts",
+            responses=problems("forbidden", "gallery_not_found", *_STORE))
+async def get_gallery(gallery_id: str, request: Request, principal: EnrolKey) -> dict:
+    store = services(request).store
+    row = await store.get_gallery(principal.tenant, check_id(gallery_id, "gallery_id"))
+    subjects, templates = await store.gallery_counts(principal.tenant, gallery_id)
+    return {**_gallery(row), "subjects": subjects, "templates": templates}
+
+
+@router.delete("/{gallery_id}", response_model=ErasureReceipt, summary="Erase a gallery, its subjects and templates",
+               responses=problems("forbidden", "gallery_not_found", *_STORE))
+async def delete_gallery(gallery_id: str, request: Request, principal: AdminKey) -> dict:
+    subjects, templates, remaining = await services(request).store.delete_gallery(
+        principal.tenant, check_id(gallery_id, "gallery_id"))
+    return _receipt(request, principal, "erase_gallery", gallery_id, subjects=subjects, templates=templates,
+                    remaining=remaining)
+
+
+# ---- subjects -------------------------------------------------------------------------------------
+
+@router.post("/{gallery_id}/subjects", status_code=201, response_model=Subject, summary="Create a subject",
+             responses=problems("forbidden", "gallery_not_found", "conflict", *_STORE))
+async def create_subject(gallery_id: str, body: SubjectCreate, request: Request, response: Response,
+                         principal: EnrolKey) -> dict:
+    svc = services(request)
+    row = await svc.store.create_subject(principal.tenant, check_id(gallery_id, "gallery_id"), body.subject_id,
+                                         body.name, body.metadata or {})
+    svc.audit.write("create_subject", tenant=principal.tenant, key_id=principal.key_id, gallery=gallery_id,
+                    subject=body.subject_id, request_id=request_id(request))
+    response.headers["Location"] = f"/v1/galleries/{quote(gallery_id, safe='')}/subjects/" \
+                                   f"{quote(body.subject_id, safe='')}"
+    return {**_subject(row), "faces": 0}
+
+
+@router.get("/{gallery_id}/subjects", response_model=SubjectPage, summary="List a gallery's subjects",
+            responses=problems("forbidden", "gallery_not_found", *_STORE))
+async def list_subjects(gallery_id: str, request: Request, principal: EnrolKey,
+                         limit: Limit = 100, offset: Offset = 0) -> dict:
+    rows, total = await services(request).store.list_subjects(principal.tenant, check_id(gallery_id, "gallery_id"),
+                                                              limit, offset)
+    return {"items": [_subject(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{gallery_id}/subjects/{subject_id}", response_model=Subject, summary="A subject with its face count",
+            responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE))
+async def get_subject(gallery_id: str, subject_id: str, request: Request,
+                      principal: EnrolKey) -> dict:
+    store = services(request).store
+    row = await store.get_subject(principal.tenant, check_id(gallery_id, "gallery_id"),
+                                  check_id(subject_id, "subject_id"))
+    _, faces = await store.list_faces(principal.tenant, gallery_id, subject_id, 1, 0)
+    return {**_subject(row), "faces": faces}
+
+
+@router.patch("/{gallery_id}/subjects/{subject_id}", response_model=Subject, summary="Change name or metadata",
+              responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE))
+async def patch_subject(gallery_id: str, subject_id: str, body: SubjectPatch, request: Request,
+                        principal: EnrolKey) -> dict:
+    svc = services(request)
+    changes = body.model_dump(exclude_unset=True)
+    if "name" in changes:
+        changes["name"] = changes["name"] or ""
+    if "metadata" in changes:
+        changes["metadata"] = changes["metadata"] or {}
+    row = await svc.store.update_subject(principal.tenant, check_id(gallery_id, "gallery_id"),
+                                         check_id(subject_id, "subject_id"), changes)
+    svc.audit.write("update_subject", tenant=principal.tenant, key_id=principal.key_id, gallery=gallery_id,
+                    subject=subject_id, request_id=request_id(request))
+    return _subject(row)
+
+
+@router.delete("/{gallery_id}/subjects/{subject_id}", response_model=ErasureReceipt,
+               summary="Erase a subject and all its templates",
+               responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE))
+async def delete_subject(gallery_id: str, subject_id: str, request: Request,
+                         principal: EnrolKey) -> dict:
+    templates, remaining = await services(request).store.delete_subject(
+        principal.tenant, check_id(gallery_id, "gallery_id"), check_id(subject_id, "subject_id"))
+    return _receipt(request, principal, "erase_subject", gallery_id, subject=subject_id, subjects=1,
+                    templates=templates, remaining=remaining)
+
+
+# ---- faces (enrolment) ----------------------------------------------------------------------------
+
+@router.post("/{gallery_id}/subjects/{subject_id}/faces", status_code=201, response_model=EnrolResponse,
+             summary="Enrol one or many face images (all or nothing)",
+             description="Each image contributes its face (multi_face policy) as one template. If any image fails "
+                         "(no face, low quality...), nothing is enrolled and `errors` lists every failing image.",
+             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict"),
+             openapi_extra=image_body(EnrolForm, EnrolJson, {"image": "one or more photos (repeat the part)"},
+                                      {"image": [{"image_base64": "/9j/4AAQ..."}], "multi_face": "largest"}))
+async def enrol(gallery_id: str, subject_id: str, request: Request,
+                principal: EnrolKey) -> dict:
+    svc = services(request)
+    tenant = principal.tenant
+    check_id(gallery_id, "gallery_id")
+    check_id(subject_id, "subject_id")
+    options, images = await read_images(request, EnrolForm, EnrolJson, {"image": "many"})
+    gallery = await svc.store.get_gallery(tenant, gallery_id)
+    await svc.store.get_subject(tenant, gallery_id, subject_id)  # 404 before spending Triton time
+    items = images["image"]
+    names = [f"image[{i}]" if len(items) > 1 else "image" for i in range(len(items))]
+    analyses = await analyze_all(request, list(zip(names, items, strict=True)), gallery["embedder"])
+    faces, errors = [], []
+    for name, analysis in zip(names, analyses, strict=True):
+        try:
+            faces.append(select(analysis, policy=options.multi_face, gate=svc.gate, field=name))
+        except ApiError as exc:
+            errors.append({"field": name, "code": exc.code, "detail": exc.detail})
+    if errors:
+        first = errors[0]
+        detail = first["detail"] if len(items) == 1 else \
+            f"{len(errors)} of {len(items)} images failed, nothing was enrolled; first: {first['detail']}"
+        raise ApiError(first["code"], detail, errors=errors)
+    models = {(a.model, a.version) for a in analyses}
+    if len(models) > 1:
+        raise ApiError("backend_unavailable", "the embedder model changed during the request; retry", retry_after=1)
+    model, version = models.pop()
+    face_ids, _ = await svc.store.add_templates(tenant, gallery_id, subject_id, model, version,
+                                                np.stack([f.embedding for f in faces]),
+                                                svc.settings.gateway_max_faces_per_subject)
+    for analysis in analyses:
+        svc.metrics.faces.labels("enrol").observe(len(analysis.faces))
+    svc.audit.write("enrol", tenant=tenant, key_id=principal.key_id, gallery=gallery_id, subject=subject_id,
+                    face_ids=face_ids, faces=len(face_ids), model=f"{model}:{version}", request_id=request_id(request))
+    return {"gallery_id": gallery_id, "subject_id": subject_id,
+            "model": {"embedder": embedder_name(model), "name": model, "version": version},
+            "faces": [{"face_id": fid, "image_index": i, "face": f.public()}
+                      for i, (fid, f) in enumerate(zip(face_ids, faces, strict=True))],
+            "request_id": request_id(request)}
+
+
+@router.get("/{gallery_id}/subjects/{subject_id}/faces", response_model=FacePage, summary="List a subject's faces",
+            responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE))
+async def list_faces(gallery_id: str, subject_id: str, request: Request, principal: EnrolKey,
+                         limit: Limit = 100, offset: Offset = 0) -> dict:
+    rows, total = await services(request).store.list_faces(
+        principal.tenant, check_id(gallery_id, "gallery_id"), check_id(subject_id, "subject_id"), limit, offset)
+    items = [{"face_id": r["face_id"], "gallery_id": gallery_id, "subject_id": subject_id, "model": r["model"],
+              "created_at": iso(r["created"])} for r in rows]
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.delete("/{gallery_id}/subjects/{subject_id}/faces/{face_id}", response_model=ErasureReceipt,
+               summary="Erase one face template",
+               responses=problems("forbidden", "gallery_not_found", "subject_not_found", "face_not_found", *_STORE))
+async def delete_face(gallery_id: str, subject_id: str, face_id: str, request: Request,
+                      principal: EnrolKey) -> dict:
+    remaining = await services(request).store.delete_face(
+        principal.tenant, check_id(gallery_id, "gallery_id"), check_id(subject_id, "subject_id"),
+        check_id(face_id, "face_id"))
+    return _receipt(request, principal, "erase_face", gallery_id, subject=subject_id, face=face_id, templates=1,
+                    remaining=remaining)

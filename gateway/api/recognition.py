@@ -1,0 +1,160 @@
+"""POST /v1/detect, /v1/verify (1:1) and /v1/identify (1:N)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from gateway.api.common import BACKEND, IMAGE, image_body, problems, request_id, services
+from gateway.auth import VerifyKey
+from gateway.errors import ApiError
+from gateway.faces import select
+from gateway.images import ImageData
+from gateway.inputs import read_images
+from gateway.operating_points import embedder_name
+from gateway.schemas import (
+    DetectForm,
+    DetectJson,
+    DetectResponse,
+    IdentifyForm,
+    IdentifyJson,
+    IdentifyResponse,
+    VerifyForm,
+    VerifyJson,
+    VerifyResponse,
+)
+from gateway.triton_client import Analysis
+
+router = APIRouter(prefix="/v1", tags=["recognition"])
+_B64 = {"image_base64": "/9j/4AAQSkZJRgABAQAAAQABAAD..."}
+
+
+async def analyze_all(request: Request, items: list[tuple[str, ImageData]], embedder: str,
+                      max_faces: int = 16) -> list[Analysis]:
+    """One Triton call per image, concurrently; the first failure (in argument order) is raised."""
+    svc = services(request)
+    calls: list[Awaitable[Analysis]] = [
+        svc.triton.analyze(image.data, embedder=embedder, max_faces=max_faces, request_id=request_id(request))
+        for _, image in items]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for (field, _), result in zip(items, results, strict=True):
+        if isinstance(result, ApiError) and result.code not in BACKEND:
+            result.detail = f"{field}: {result.detail}" if not result.detail.startswith(field) else result.detail
+            result.extra.setdefault("field", field)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.clip(np.dot(a, b), -1.0, 1.0))
+
+
+@router.post("/detect", response_model=DetectResponse, summary="Find all faces in an image",
+             responses=problems(*IMAGE[:3], *BACKEND, "forbidden"),
+             openapi_extra=image_body(DetectForm, DetectJson, {"image": "the photo"}, {"image": _B64}))
+async def detect(request: Request, principal: VerifyKey) -> dict:
+    svc = services(request)
+    options, images = await read_images(request, DetectForm, DetectJson, {"image": "required"})
+    (analysis,) = await analyze_all(request, [("image", images["image"][0])], svc.settings.gateway_default_embedder,
+                                    options.max_faces)
+    svc.metrics.faces.labels("detect").observe(len(analysis.faces))
+    return {"faces": [f.public() for f in analysis.faces],
+            "image": {"width": analysis.width, "height": analysis.height}, "request_id": request_id(request)}
+
+
+@router.post("/verify", response_model=VerifyResponse, summary="1:1: is the probe the same person?",
+             description="Against a second image (`reference`) or an enrolled subject (`gallery` + `subject_id`; "
+                         "its templates are fetched by key and the best similarity counts). `match` is "
+                         "`similarity >= threshold`.",
+             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict"),
+             openapi_extra=image_body(VerifyForm, VerifyJson, {"probe": "the face to check",
+                                                               "reference": "optional: a second photo"},
+                                      {"probe": _B64, "reference": _B64}))
+async def verify(request: Request, principal: VerifyKey) -> dict:
+    svc = services(request)
+    options, images = await read_images(request, VerifyForm, VerifyJson, {"probe": "required", "reference": "optional"})
+    by_subject = options.gallery is not None or options.subject_id is not None
+    if by_subject and (options.gallery is None or options.subject_id is None):
+        raise ApiError("validation_error", "gallery and subject_id go together")
+    if by_subject == bool(images.get("reference")):
+        raise ApiError("validation_error", "send either a reference image or gallery + subject_id")
+    policy, gate = options.multi_face, svc.gate
+
+    reference_face, subject = None, None
+    if by_subject:
+        gallery = await svc.store.get_gallery(principal.tenant, options.gallery)
+        if options.embedder and options.embedder != gallery["embedder"]:
+            raise ApiError("validation_error", f"gallery {options.gallery!r} holds {gallery['embedder']} templates")
+        (probe,) = await analyze_all(request, [("probe", images["probe"][0])], gallery["embedder"])
+        face = select(probe, policy=policy, gate=gate, field="probe")
+        decision = svc.points.decide(probe.model, probe.version, name=options.operating_point,
+                                     threshold=options.threshold)
+        templates = await svc.store.subject_templates(principal.tenant, options.gallery, options.subject_id,
+                                                      probe.model, probe.version)
+        if templates.size == 0:
+            raise ApiError("conflict", f"subject {options.subject_id!r} has no enrolled faces for "
+                           f"{probe.model}:{probe.version}", subject_id=options.subject_id)
+        score = float(np.clip((templates @ face.embedding).max(), -1.0, 1.0))
+        subject = {"gallery": options.gallery, "subject_id": options.subject_id, "templates_compared": len(templates)}
+    else:
+        embedder = options.embedder or svc.settings.gateway_default_embedder
+        probe, reference = await analyze_all(request, [("probe", images["probe"][0]),
+                                                       ("reference", images["reference"][0])], embedder)
+        face = select(probe, policy=policy, gate=gate, field="probe")
+        other = select(reference, policy=policy, gate=gate, field="reference")
+        if (probe.model, probe.version) != (reference.model, reference.version):  # a model rollout mid-request
+            raise ApiError("backend_unavailable", "the embedder model changed between the two images; retry",
+                           retry_after=1)
+        decision = svc.points.decide(probe.model, probe.version, name=options.operating_point,
+                                     threshold=options.threshold)
+        score = similarity(face.embedding, other.embedding)
+        reference_face = other.public()
+
+    match = score >= decision.threshold
+    model = {"embedder": embedder_name(probe.model), "name": probe.model, "version": probe.version}
+    svc.metrics.decisions.labels("verify", "match" if match else "no_match").inc()
+    svc.audit.write("verify", tenant=principal.tenant, key_id=principal.key_id, gallery=options.gallery,
+                    subject=options.subject_id, similarity=round(score, 6), threshold=decision.threshold,
+                    operating_point=decision.name, decision="match" if match else "no_match",
+                    model=f"{probe.model}:{probe.version}", request_id=request_id(request))
+    return {"match": match, "similarity": round(score, 6), "threshold": decision.threshold,
+            "operating_point": decision.as_dict(), "model": model, "probe_face": face.public(),
+            "reference_face": reference_face, "subject": subject, "request_id": request_id(request)}
+
+
+@router.post("/identify", response_model=IdentifyResponse, summary="1:N: who in the gallery is this?",
+             description="Open set: `decision` is `match` (with `subject_id`) when the best candidate's similarity "
+                         "reaches the threshold, else `unknown`. Candidates are distinct subjects, best first.",
+             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found"),
+             openapi_extra=image_body(IdentifyForm, IdentifyJson, {"probe": "the face to identify"},
+                                      {"probe": _B64, "gallery": "staff", "top_k": 5}))
+async def identify(request: Request, principal: VerifyKey) -> dict:
+    svc = services(request)
+    options, images = await read_images(request, IdentifyForm, IdentifyJson, {"probe": "required"})
+    gallery = await svc.store.get_gallery(principal.tenant, options.gallery)
+    (probe,) = await analyze_all(request, [("probe", images["probe"][0])], gallery["embedder"])
+    face = select(probe, policy=options.multi_face, gate=svc.gate, field="probe")
+    decision = svc.points.decide(probe.model, probe.version, name=options.operating_point, threshold=options.threshold)
+    hits = await svc.store.search(principal.tenant, options.gallery, probe.model, probe.version, face.embedding,
+                                  options.top_k, svc.settings.gateway_max_faces_per_subject)
+    best = hits[0] if hits else None
+    outcome = "match" if best is not None and best.similarity >= decision.threshold else "unknown"
+    svc.metrics.decisions.labels("identify", outcome).inc()
+    svc.audit.write("identify", tenant=principal.tenant, key_id=principal.key_id, gallery=options.gallery,
+                    subject=best.subject if outcome == "match" else None,
+                    similarity=round(best.similarity, 6) if best else None, threshold=decision.threshold,
+                    operating_point=decision.name, decision=outcome, model=f"{probe.model}:{probe.version}",
+                    request_id=request_id(request))
+    return {"decision": outcome, "subject_id": best.subject if outcome == "match" else None,
+            "similarity": round(best.similarity, 6) if best else None,
+            "candidates": [{"subject_id": h.subject, "similarity": round(h.similarity, 6), "face_id": h.face_id}
+                           for h in hits],
+            "threshold": decision.threshold, "operating_point": decision.as_dict(),
+            "model": {"embedder": embedder_name(probe.model), "name": probe.model, "version": probe.version},
+            "gallery": options.gallery, "probe_face": face.public(), "request_id": request_id(request)}
+

@@ -1,0 +1,141 @@
+"""API keys: `X-API-Key` -> (key id, tenant, scopes). Keys are stored and compared only as hashes.
+
+Keys come from FACESTACK_API_KEYS_FILE (JSON, e.g. a mounted Kubernetes Secret) and/or FACESTACK_API_KEY
+(one all-scopes key for tenant "default"). Keys are 256-bit random tokens, so a plain SHA-256 is the
+right hash (a slow password hash protects guessable secrets; these are not guessable).
+
+    python -m gateway.auth new --tenant acme --scopes verify,enrol   # mint a key and its file record
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.errors import ApiError
+from gateway.schemas import ID_RULE, valid_id
+
+SCOPES = ("verify", "enrol", "admin")  # admin implies the others
+DEFAULT_TENANT = "default"
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "fs_" + secrets.token_urlsafe(32)
+
+
+class KeyConfigError(ValueError):
+    pass
+
+
+class KeyStore:
+    def __init__(self, records: Iterable[tuple[str, Principal]] = ()) -> None:
+        self._by_hash: dict[str, Principal] = {}
+        for digest, principal in records:
+            self.add(digest, principal)
+
+    def add(self, digest: str, principal: Principal) -> None:
+        if not digest.startswith("sha256:") or len(digest) != 71:
+            raise KeyConfigError(f"key {principal.key_id!r}: hash must be 'sha256:' + 64 hex digits")
+        unknown = principal.scopes - set(SCOPES)
+        if unknown or not principal.scopes:
+            raise KeyConfigError(f"key {principal.key_id!r}: scopes must be a non-empty subset of {SCOPES}")
+        if not valid_id(principal.tenant):
+            raise KeyConfigError(f"key {principal.key_id!r}: tenant must be {ID_RULE}")
+        self._by_hash[digest.lower()] = principal
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def lookup(self, key: str) -> Principal | None:
+        # A dict lookup on the digest: timing reveals nothing about the key itself.
+        return self._by_hash.get(hash_key(key))
+
+    @classmethod
+    def load(cls, *, api_key: str | None, keys_file: Path | None) -> KeyStore:
+        store = cls()
+        if keys_file is not None:
+            try:
+                raw = json.loads(Path(keys_file).read_text())
+            except (OSError, ValueError) as exc:
+                raise KeyConfigError(f"cannot read API keys file {keys_file}: {exc}") from exc
+            entries = raw.get("keys", []) if isinstance(raw, dict) else raw
+            for i, entry in enumerate(entries):
+                try:
+                    principal = Principal(str(entry["id"]), str(entry["tenant"]), frozenset(entry["scopes"]))
+                    store.add(str(entry["hash"]), principal)
+                except (KeyError, TypeError) as exc:
+                    raise KeyConfigError(f"{keys_file}: entry {i} needs id, tenant, scopes, hash ({exc})") from exc
+                except ValueError as exc:
+                    raise KeyConfigError(f"{keys_file}: {exc}") from exc
+        if api_key:
+            store.add(hash_key(api_key), Principal("env", DEFAULT_TENANT, frozenset(SCOPES)))
+        return store
+
+
+def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A FastAPI dependency: the caller's Principal, or 401/403. Runs before the body is read."""
+
+    async def dependency(request: Request) -> Principal:  # async: a sync dependency costs a thread hop
+        key = request.headers.get("x-api-key")
+        principal = request.app.state.keys.lookup(key) if key else None
+        if principal is None:
+            raise ApiError("unauthorized", "send a valid API key in the X-API-Key header")
+        request.state.principal = principal
+        if not principal.allows(scope):
+            raise ApiError("forbidden", f"this operation needs the {scope!r} scope; the key has "
+                           f"{sorted(principal.scopes)}")
+        return principal
+
+    dependency.__name__ = f"require_{scope}"
+    return dependency
+
+
+# Route parameters: `principal: VerifyKey` etc.
+VerifyKey = Annotated[Principal, Depends(require("verify"))]
+EnrolKey = Annotated[Principal, Depends(require("enrol"))]
+AdminKey = Annotated[Principal, Depends(require("admin"))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.auth", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    new = sub.add_parser("new", help="mint a key; prints the key once and the record for the keys file")
+    new.add_argument("--tenant", required=True)
+    new.add_argument("--scopes", default="verify,enrol", help=f"comma-separated subset of {SCOPES}")
+    new.add_argument("--id", default=None, help="key id recorded in the audit log (default: random)")
+    args = parser.parse_args(argv)
+    key = new_key()
+    record = {"id": args.id or f"key-{secrets.token_hex(4)}", "tenant": args.tenant,
+              "scopes": [s for s in args.scopes.split(",") if s], "hash": hash_key(key)}
+    KeyStore([(record["hash"], Principal(record["id"], record["tenant"], frozenset(record["scopes"])))])  # validates
+    print(f"key (shown once, give it to the client): {key}", file=sys.stderr)
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Request and response models (they are also the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# Ids may hold quotes, backslashes, spaces and any Unicode (the store escapes them in every filter), but
+# no control characters and no "/" (they travel as path segments).
+ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f/]{1,128}$")
+ID_RULE = "1-128 characters, no control characters and no '/'"
+MAX_METADATA_BYTES = 8192
+
+
+def valid_id(value: str) -> bool:
+    return bool(ID_PATTERN.match(value)) and value.strip() == value and value not in (".", "..")
+
+
+def check_id(value: str, what: str = "id") -> str:
+    if not valid_id(value):
+        from gateway.errors import ApiError  # late: errors imports nothing from here, keep it that way
+
+        raise ApiError("validation_error", f"{what} must be {ID_RULE}, without surrounding spaces")
+    return value
+
+
+def _id(value: str) -> str:
+    if not valid_id(value):
+        raise ValueError(f"must be {ID_RULE}, without surrounding spaces")
+    return value
+
+
+def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must serialise to at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+Id = Annotated[str, AfterValidator(_id), Field(examples=["alice-01"])]
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_metadata)]
+Embedder = Literal["sface", "dlib"]
+MultiFace = Literal["largest", "reject"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- requests -------------------------------------------------------------------------------------
+
+class ImageB64(_Strict):
+    image_base64: str = Field(description="the encoded JPEG, PNG or WebP file, base64 (a data: URL also works)",
+                              examples=["/9j/4AAQSkZJRgABAQ..."])
+
+
+# Each image endpoint takes multipart (image file parts + these fields as form fields) or JSON (the same
+# fields, images as {"image_base64": ...} objects in the same places): *Form is the fields, *Json adds images.
+
+class DetectForm(_Strict):
+    max_faces: int = Field(16, ge=1, le=64)
+
+
+class DetectJson(DetectForm):
+    image: ImageB64
+
+
+class MatchOptions(_Strict):
+    threshold: float | None = Field(None, description="override the operating point's threshold "
+                                    "(within the model's documented bounds)")
+    operating_point: str | None = Field(None, description="a named operating point of the model, e.g. fmr_1e-3")
+    multi_face: MultiFace = "largest"
+
+
+class VerifyForm(MatchOptions):
+    gallery: Id | None = Field(None, description="with subject_id: verify against an enrolled subject")
+    subject_id: Id | None = None
+    embedder: Embedder | None = Field(None, description="image-to-image only (a gallery fixes its own)")
+
+
+class VerifyJson(VerifyForm):
+    probe: ImageB64
+    reference: ImageB64 | None = None
+
+
+class IdentifyForm(MatchOptions):
+    gallery: Id
+    top_k: int = Field(5, ge=1, le=100)
+
+
+class IdentifyJson(IdentifyForm):
+    probe: ImageB64
+
+
+class EnrolForm(_Strict):
+    multi_face: MultiFace = "largest"
+
+
+class EnrolJson(EnrolForm):
+    image: ImageB64 | list[ImageB64] = Field(description="one image, or a list for bulk enrolment")
+
+
+class GalleryCreate(_Strict):
+    gallery_id: Id
+    embedder: Embedder | None = Field(None, description="the embedder whose templates this gallery holds "
+                                      "(default: the gateway's default, sface)")
+    metadata: Metadata = None
+
+
+class SubjectCreate(_Strict):
+    subject_id: Id
+    name: str | None = Field(None, max_length=256)
+    metadata: Metadata = None
+
+
+class SubjectPatch(_Strict):
+    name: str | None = Field(None, max_length=256)
+    metadata: Metadata = None
+
+
+# ---- responses ------------------------------------------------------------------------------------
+
+class Quality(BaseModel):
+    face_size: float = Field(description="shorter side of the box, pixels")
+    sharpness: float = Field(description="variance of the Laplacian of the aligned crop")
+    yaw: float
+    pitch: float
+    roll: float
+    brightness: float = Field(description="mean grey level of the aligned crop, 0..255")
+
+
+class Face(BaseModel):
+    box: list[float] = Field(description="x1, y1, x2, y2 in image pixels")
+    score: float
+    landmarks: list[list[float]] = Field(description="right eye, left eye, nose tip, right and left mouth "
+                                         "corners (the subject's right is the image's left)")
+    quality: Quality
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class DetectResponse(BaseModel):
+    faces: list[Face]
+    image: ImageSize
+    request_id: str
+
+
+class ModelInfo(BaseModel):
+    embedder: str = Field(examples=["sface"])
+    name: str = Field(examples=["face_embedder"])
+    version: str = Field(examples=["1"])
+
+
+class OperatingPoint(BaseModel):
+    name: str = Field(examples=["provisional"])
+    threshold: float
+    fmr: float | None = Field(None, description="false-match rate the threshold stands for (null until calibrated)")
+    calibrated: bool
+    source: str | None = None
+
+
+class SubjectRef(BaseModel):
+    gallery: str
+    subject_id: str
+    templates_compared: int
+
+
+class VerifyResponse(BaseModel):
+    match: bool
+    similarity: float = Field(description="cosine similarity; against a subject, the best over its templates")
+    threshold: float
+    operating_point: OperatingPoint
+    model: ModelInfo
+    probe_face: Face
+    reference_face: Face | None = None
+    subject: SubjectRef | None = None
+    request_id: str
+
+
+class Candidate(BaseModel):
+    subject_id: str
+    similarity: float
+    face_id: str
+
+
+class IdentifyResponse(BaseModel):
+    decision: Literal["match", "unknown"]
+    subject_id: str | None = Field(None, description="the matched subject when decision is match")
+    similarity: float | None = Field(None, description="best similarity (null on an empty gallery)")
+    candidates: list[Candidate]
+    threshold: float
+    operating_point: OperatingPoint
+    model: ModelInfo
+    gallery: str
+    probe_face: Face
+    request_id: str
+
+
+class Gallery(BaseModel):
+    gallery_id: str
+    embedder: str
+    metadata: dict[str, Any] | None = None
+    created_at: str
+    subjects: int | None = None
+    templates: int | None = None
+
+
+class Subject(BaseModel):
+    gallery_id: str
+    subject_id: str
+    name: str | None = None
+    metadata: dict[str, Any] | None = None
+    created_at: str
+    updated_at: str
+    faces: int | None = None
+
+
+class FaceRecord(BaseModel):
+    face_id: str
+    gallery_id: str
+    subject_id: str
+    model: str = Field(description="embedder model and version of the template, e.g. face_embedder:1")
+    created_at: str
+
+
+class EnrolledFace(BaseModel):
+    face_id: str
+    image_index: int
+    face: Face
+
+
+class EnrolResponse(BaseModel):
+    gallery_id: str
+    subject_id: str
+    model: ModelInfo
+    faces: list[EnrolledFace]
+    request_id: str
+
+
+class Page(BaseModel):
+    total: int
+    limit: int
+    offset: int
+
+
+class GalleryPage(Page):
+    items: list[Gallery]
+
+
+class SubjectPage(Page):
+    items: list[Subject]
+
+
+class FacePage(Page):
+    items: list[FaceRecord]
+
+
+class ErasureReceipt(BaseModel):
+    receipt_id: str
+    operation: Literal["erase_gallery", "erase_subject", "erase_face"]
+    tenant: str
+    gallery_id: str
+    subject_id: str | None = None
+    face_id: str | None = None
+    subjects_deleted: int
+    templates_deleted: int
+    remaining_templates: int = Field(description="templates still stored after the erasure (read back: 0)")
+    erased_at: str
+    request_id: str
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None

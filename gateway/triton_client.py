@@ -1,0 +1,220 @@
+"""The one call per image to Triton's `face_pipeline` (gRPC, asyncio), behind a bulkhead.
+
+Contract: docs/architecture.md. The bulkhead bounds calls in flight (Triton's CPU is the bottleneck: more
+concurrency only queues inside Triton) and the number waiting; past that the gateway answers 429 at once
+instead of letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from gateway.errors import ApiError
+from gateway.metrics import Metrics
+from gateway.timing import record
+
+log = logging.getLogger("gateway")
+
+PIPELINE = "face_pipeline"
+OUTPUTS = ("BOXES", "SCORES", "LANDMARKS", "EMBEDDINGS", "QUALITY", "IMAGE_SIZE", "EMBEDDER_MODEL")
+QUALITY_FIELDS = ("face_size", "sharpness", "yaw", "pitch", "roll", "brightness")
+_CODE = re.compile(r"\b(invalid_image|image_too_large|invalid_argument):\s*(.*)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    box: np.ndarray  # [4] x1, y1, x2, y2
+    score: float
+    landmarks: np.ndarray  # [5, 2]
+    quality: dict[str, float]
+    embedding: np.ndarray  # [D], L2-normalised
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+    def public(self) -> dict:
+        return {"box": [round(float(v), 2) for v in self.box], "score": round(self.score, 4),
+                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+                "quality": {k: round(v, 3) for k, v in self.quality.items()}}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    faces: list[DetectedFace]  # largest first
+    width: int
+    height: int
+    model: str  # Triton model of the templates, e.g. face_embedder
+    version: str
+
+
+class Bulkhead:
+    """At most `limit` holders; at most `queue` waiters; anyone beyond gets rate_limited (429)."""
+
+    def __init__(self, limit: int, queue: int, retry_after: int, metrics: Metrics, wait_timeout: float) -> None:
+        self._sem = asyncio.Semaphore(limit)
+        self.wait_timeout = wait_timeout
+        self.queue = queue
+        self.retry_after = retry_after
+        self.waiting = 0
+        self._metrics = metrics
+
+    async def acquire(self) -> None:
+        if self._sem.locked() and self.waiting >= self.queue:
+            self._metrics.rejected.labels("triton_queue_full").inc()
+            raise ApiError("rate_limited", f"{self.waiting} requests are already waiting for the face pipeline",
+                           retry_after=self.retry_after)
+        if not self._sem.locked():  # fast path: a free slot, no task for wait_for to schedule
+            await self._sem.acquire()
+            self._metrics.triton_inflight.inc()
+            return
+        self.waiting += 1
+        self._metrics.triton_waiting.inc()
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._sem.acquire(), self.wait_timeout)
+        except TimeoutError:
+            raise ApiError("timeout", f"no face pipeline slot within {self.wait_timeout:g} s") from None
+        finally:
+            self.waiting -= 1
+            self._metrics.triton_waiting.dec()
+            record("queue", started, time.perf_counter())
+        self._metrics.triton_inflight.inc()
+
+    def release(self) -> None:
+        self._sem.release()
+        self._metrics.triton_inflight.dec()
+
+
+def _squeeze(array: np.ndarray, ndim: int) -> np.ndarray:
+    # With max_batch_size > 0 Triton adds a leading batch axis of 1; the contract shapes are without it.
+    while array.ndim > ndim and array.shape[0] == 1:
+        array = array[0]
+    return array
+
+
+class TritonPipeline:
+    def __init__(self, url: str, *, timeout: float, concurrency: int, queue: int, retry_after: int,
+                 backend_retry_after: int, metrics: Metrics) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.backend_retry_after = backend_retry_after
+        self.metrics = metrics
+        self.bulkhead = Bulkhead(concurrency, queue, retry_after, metrics, timeout)
+        self._client: grpcclient.InferenceServerClient | None = None
+        self._batched: bool | None = None  # learnt from the model config on first use
+
+    async def start(self) -> None:
+        # Lazy channel: Triton may come up later. gRPC's default reconnect backoff grows to 120 s after a
+        # failure; capped at 2 s, a restarted Triton is back in service within a readiness period.
+        self._client = grpcclient.InferenceServerClient(self.url, channel_args=[
+            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2_000)])
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        if self._client is None:
+            raise ApiError("backend_unavailable", "the Triton client is not started",
+                           retry_after=self.backend_retry_after)
+        return self._client
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        try:
+            return bool(await self.client.is_model_ready(PIPELINE, client_timeout=timeout))
+        except (InferenceServerException, ApiError):
+            return False
+
+    async def _is_batched(self) -> bool:
+        if self._batched is None:
+            config = await self.client.get_model_config(PIPELINE, as_json=True, client_timeout=self.timeout)
+            self._batched = int(config.get("config", config).get("max_batch_size", 0)) > 0
+        return self._batched
+
+    def _inputs(self, image: bytes, embedder: str, max_faces: int, batched: bool) -> list[grpcclient.InferInput]:
+        lead = (1,) if batched else ()
+        values = {
+            "IMAGE": np.array([image], dtype=np.object_),
+            "EMBEDDER": np.array([embedder.encode()], dtype=np.object_),
+            "MAX_FACES": np.array([max_faces], dtype=np.int32),
+        }
+        inputs = []
+        for name, value in values.items():
+            value = value.reshape(lead + value.shape)
+            tensor = grpcclient.InferInput(name, list(value.shape), "BYTES" if value.dtype == np.object_ else "INT32")
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        return inputs
+
+    def _error(self, exc: InferenceServerException) -> ApiError:
+        status, message = exc.status() or "", exc.message() or str(exc)
+        match = _CODE.search(message)
+        if match:
+            code = {"invalid_argument": "validation_error"}.get(match.group(1), match.group(1))
+            return ApiError(code, match.group(2).strip() or message)
+        if "DEADLINE_EXCEEDED" in status:
+            return ApiError("timeout", f"the face pipeline did not answer within {self.timeout:g} s")
+        if "RESOURCE_EXHAUSTED" in status:
+            return ApiError("rate_limited", "the face pipeline's queue is full", retry_after=self.bulkhead.retry_after)
+        log.warning("triton error %s: %s", status, message)
+        return ApiError("backend_unavailable", f"face pipeline: {message[:200]}", retry_after=self.backend_retry_after)
+
+    async def analyze(self, image: bytes, *, embedder: str, max_faces: int = 16, request_id: str = "") -> Analysis:
+        """Detect, align and embed every face of one encoded image (largest first)."""
+        await self.bulkhead.acquire()
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            for attempt in (1, 2):  # inference is idempotent: one retry when Triton is briefly unreachable
+                try:
+                    batched = await self._is_batched()
+                    result = await self.client.infer(
+                        PIPELINE, self._inputs(image, embedder, max_faces, batched),
+                        outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
+                        request_id=request_id, client_timeout=self.timeout)
+                    break
+                except InferenceServerException as exc:
+                    if attempt == 1 and "UNAVAILABLE" in (exc.status() or ""):
+                        await asyncio.sleep(0.2)
+                        continue
+                    error = self._error(exc)
+                    outcome = error.code
+                    raise error from None
+            outcome = "ok"
+        finally:
+            elapsed = time.perf_counter() - started
+            self.bulkhead.release()
+            self.metrics.triton.labels(outcome).observe(elapsed)
+            record("triton", started, started + elapsed)
+        return self._parse(result)
+
+    @staticmethod
+    def _parse(result: grpcclient.InferResult) -> Analysis:
+        boxes = _squeeze(result.as_numpy("BOXES"), 2)
+        scores = _squeeze(result.as_numpy("SCORES"), 1)
+        landmarks = _squeeze(result.as_numpy("LANDMARKS"), 3)
+        embeddings = _squeeze(result.as_numpy("EMBEDDINGS"), 2)
+        quality = _squeeze(result.as_numpy("QUALITY"), 2)
+        height, width = (int(v) for v in result.as_numpy("IMAGE_SIZE").reshape(-1)[:2])
+        model_tag = result.as_numpy("EMBEDDER_MODEL").reshape(-1)[0]
+        model_tag = model_tag.decode() if isinstance(model_tag, bytes) else str(model_tag)
+        model, _, version = model_tag.partition(":")
+        faces = [DetectedFace(boxes[i], float(scores[i]), landmarks[i].reshape(5, 2),
+                              dict(zip(QUALITY_FIELDS, (float(q) for q in quality[i]), strict=True)), embeddings[i])
+                 for i in range(len(scores))]
+        faces.sort(key=lambda f: f.area, reverse=True)
+        return Analysis(faces, width, height, model, version or "1")
