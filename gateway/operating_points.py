@@ -27,12 +27,13 @@ def embedder_name(model: str) -> str:
     return next((name for name, m in EMBEDDER_MODELS.items() if m == model), model)
 
 
-# A request's threshold override must stay inside these (cosine). Below the floor nearly any two faces
-# match (impostor similarities of SFace reach about 0.2, of normalised dlib descriptors about 0.6); above
-# the ceiling almost nothing does. The manifest may narrow them with "threshold_bounds": [lo, hi].
+# A request's threshold override must stay inside these (cosine) when no calibrated operating point exists
+# (with calibration the floor is the loosest calibrated threshold). Below the floor nearly any two faces
+# match (SFace impostors reach about 0.3, dlib's about 0.9 on LFW); above the ceiling almost nothing does.
+# The manifest may set them with "threshold_bounds": [lo, hi].
 DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
-    "face_embedder": (0.2, 0.95),
-    "face_embedder_dlib": (0.6, 0.99),
+    "face_embedder": (0.3, 0.95),
+    "face_embedder_dlib": (0.9, 0.99),
 }
 _FMR_NAME = re.compile(r"^fmr_([0-9.]+e-?[0-9]+|0?\.[0-9]+)$")
 
@@ -87,7 +88,12 @@ class OperatingPoints:
         if not points or default not in points:
             raise ApiError("backend_unavailable", f"no operating point is configured for {model}:{version} "
                            "(manifest.json or export/thresholds.json)", retry_after=60)
-        bounds = tuple(data.get("threshold_bounds") or DEFAULT_BOUNDS.get(model, (0.0, 1.0)))
+        # An override may not be looser than the loosest calibrated operating point: below it the
+        # false-match rate was never measured.
+        calibrated = [float(p["threshold"]) for p in points.values() if "impostor_pairs" in p]
+        default_bounds = DEFAULT_BOUNDS.get(model, (0.0, 1.0))
+        bounds = tuple(data.get("threshold_bounds")
+                       or ((min(calibrated), default_bounds[1]) if calibrated else default_bounds))
         return ModelPoints(points, default, (float(bounds[0]), float(bounds[1])))
 
     def model(self, model: str, version: str) -> ModelPoints:

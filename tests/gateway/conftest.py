@@ -227,3 +227,12 @@ def _path(segment: str) -> str:
 def seg():
     """Percent-encode a path segment (ids may hold quotes, spaces, backslashes)."""
     return _path
+
+
+@pytest.fixture(scope="session")
+def default_point() -> dict[str, tuple[str, float]]:
+    """Each embedder's committed default operating point (export/thresholds.json): model -> (name, threshold)."""
+    committed = json.loads((Path(__file__).resolve().parents[2] / "export" / "thresholds.json").read_text())
+    return {model: (entry["default_operating_point"],
+                    entry["operating_points"][entry["default_operating_point"]]["threshold"])
+            for model, entry in committed.items()}

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from export.artifacts import REPO_ROOT
 from facestack.settings import Settings
 from gateway import local
 from gateway.app import create_app
@@ -169,9 +170,17 @@ def test_operating_points_from_a_calibrated_manifest(tmp_path) -> None:
 
 def test_operating_points_fall_back_to_the_committed_thresholds(tmp_path) -> None:
     points = OperatingPoints(tmp_path)  # no manifest here: export/thresholds.json
-    sface, dlib = points.decide("face_embedder", "1"), points.decide("face_embedder_dlib", "1")
-    assert (sface.threshold, sface.name, sface.fmr, sface.calibrated) == (0.363, "provisional", None, False)
-    assert dlib.threshold == 0.82
+    committed = json.loads((REPO_ROOT / "export" / "thresholds.json").read_text())
+    for model in ("face_embedder", "face_embedder_dlib"):
+        decision = points.decide(model, "1")
+        default = committed[model]["default_operating_point"]
+        entry = committed[model]["operating_points"][default]
+        assert (decision.name, decision.threshold) == (default, entry["threshold"])
+        assert decision.calibrated is ("impostor_pairs" in entry)
+        # no override looser than the loosest calibrated point
+        loosest = min(p["threshold"] for p in committed[model]["operating_points"].values())
+        with pytest.raises(ApiError):
+            points.decide(model, "1", threshold=loosest - 0.01)
     with pytest.raises(ApiError) as err:
         points.decide("some_other_model", "3")
     assert err.value.code == "backend_unavailable"
