@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint models bench bench-gateway eval clean
+.PHONY: run test lint models bench bench-gateway eval loadtest clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (facestack needs Python 3.11)"; exit 1; }
@@ -33,6 +33,19 @@ lint: $(STAMP)
 
 bench: models
 	@$(PY) -m facestack.bench.pipeline
+
+# Load test with SLO gates (docs/loadtest.md). With the default URL it uses `make run`'s stack when one
+# answers, else starts a private local stack for the run.
+URL ?= http://127.0.0.1:$(or $(PORT),8000)
+API_KEY ?=
+DURATION ?= 60s
+USERS ?= 5
+SHAPE ?= steady
+P99_MS ?= 500
+MAX_ERROR_RATE ?= 0.001
+loadtest: models
+	@LOADTEST_API_KEY='$(API_KEY)' $(PY) -m loadtest.run --url '$(URL)' --duration $(DURATION) --users $(USERS) \
+		--shape $(SHAPE) --p99-ms $(P99_MS) --max-error-rate $(MAX_ERROR_RATE) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .data .pytest_cache

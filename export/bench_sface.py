@@ -85,17 +85,19 @@ def kernel_ms_by_op(model: bytes, level: ort.GraphOptimizationLevel, runs: int) 
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
-def opencv_ms(model: bytes, runs: int) -> float:
+def opencv_ms(models: dict[str, bytes], runs: int) -> dict[str, float]:
+    """OpenCV dnn at batch 1, ms per face, median; the models take turns like sface.ms_per_face's sessions."""
     cv2.setNumThreads(sface.BENCH_THREADS)
-    net = cv2.dnn.readNetFromONNX(model)
-    net.setInput(sface.sample_batch(1))
-    net.forward()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        net.forward()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+    nets = {name: cv2.dnn.readNetFromONNX(model) for name, model in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for i in range(2 + runs):
+        for name, net in nets.items():
+            start = time.perf_counter()
+            net.setInput(sface.sample_batch(1))
+            net.forward()
+            if i >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         sessions = {name: sface.session(model, level=level) for name, model in models.items()}
         for batch, runs in ((1, args.runs), (8, max(3, args.runs // 2))):
             columns[f"{level_name} b{batch}"] = sface.ms_per_face(sessions, batch, runs)
-    columns["OpenCV b1"] = {name: opencv_ms(model, args.runs) for name, model in models.items()}
+    columns["OpenCV b1"] = opencv_ms(models, args.runs)
     parities = {name: sface.parity(reference, sface.embed(sface.session(model), x)) for name, model in models.items()}
     profiles = {(name, level_name): kernel_ms_by_op(models[name], level, args.runs)
                 for name in (NAIVE, EXPORTED) for level_name, level in LEVELS.items()}

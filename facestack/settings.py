@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     gateway_max_image_bytes: int = 10 * 1024 * 1024
     gateway_max_image_pixels: int = 40_000_000  # at most Triton's own limit (face_pipeline max_pixels)
     gateway_max_images_per_request: int = 16  # bulk enrolment
+    gateway_max_body_bytes: int = 65536  # request body of the routes without images (galleries, subjects: JSON)
+    gateway_rate_limit_rps: float = 100.0  # per API key and gateway process (token bucket); 0 = off
+    gateway_rate_limit_burst: int = 200  # requests a key may send at once before the rate applies
     gateway_triton_concurrency: int = 8  # calls in flight to Triton per gateway process
     gateway_triton_queue: int = 64  # calls waiting for a slot; beyond it: 429
     gateway_triton_timeout_s: float = 10.0

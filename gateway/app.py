@@ -25,8 +25,9 @@ from gateway.audit import AuditLog
 from gateway.auth import KeyStore
 from gateway.faces import QualityGate
 from gateway.metrics import Metrics
-from gateway.middleware import GatewayMiddleware
+from gateway.middleware import BodyLimits, GatewayMiddleware
 from gateway.operating_points import OperatingPoints
+from gateway.ratelimit import RateLimiter
 from gateway.store import Store
 from gateway.triton_client import TritonPipeline
 
@@ -96,10 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "stable `code` (see docs/gateway.md).",
     )
     app.state.settings = settings
+    app.state.limiter = RateLimiter(settings.gateway_rate_limit_rps, settings.gateway_rate_limit_burst)
     errors.install(app)
-    # Largest legal body: every image at the byte limit, base64-inflated, plus the form fields.
-    max_body = settings.gateway_max_image_bytes * settings.gateway_max_images_per_request * 4 // 3 + (1 << 20)
-    app.add_middleware(GatewayMiddleware, metrics=metrics, max_body=max_body)
+    app.add_middleware(GatewayMiddleware, metrics=metrics, body_limits=BodyLimits.from_settings(settings))
     app.include_router(recognition.router)
     app.include_router(galleries.router)
     app.include_router(health.router)

@@ -96,7 +96,8 @@ class KeyStore:
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A FastAPI dependency: the caller's Principal, or 401/403. Runs before the body is read."""
+    """A FastAPI dependency: the caller's Principal, or 401, 429 (the key's rate limit) or 403.
+    Runs before the body of an image request is read."""
 
     async def dependency(request: Request) -> Principal:  # async: a sync dependency costs a thread hop
         key = request.headers.get("x-api-key")
@@ -104,6 +105,12 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
         if principal is None:
             raise ApiError("unauthorized", "send a valid API key in the X-API-Key header")
         request.state.principal = principal
+        limiter = request.app.state.limiter
+        wait = limiter.take((principal.tenant, principal.key_id))
+        if wait:
+            request.app.state.services.metrics.rejected.labels("key_rate_limit").inc()
+            raise ApiError("rate_limited", f"this API key sent more than {limiter.rate:g} requests/s "
+                           f"(burst {limiter.burst})", retry_after=limiter.retry_after(wait))
         if not principal.allows(scope):
             raise ApiError("forbidden", f"this operation needs the {scope!r} scope; the key has "
                            f"{sorted(principal.scopes)}")

@@ -92,6 +92,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ApiError):  # FastAPI wraps errors raised while it reads a JSON body
+            cause = exc.__cause__  # (the middleware's body limit on a streamed body): keep their code
+            return problem(cause.code, cause.detail, request, retry_after=cause.retry_after, **cause.extra)
         code = {404: "not_found", 405: "method_not_allowed", 413: "image_too_large",
                 415: "unsupported_media_type"}.get(exc.status_code, "validation_error")
         return problem(code, str(exc.detail), request)

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f/]{1,128}$")
 ID_RULE = "1-128 characters, no control characters and no '/'"
 MAX_METADATA_BYTES = 8192
+MAX_METADATA_DEPTH = 32  # nesting; deeper values cannot be serialised back (pydantic's depth limit)
 
 
 def valid_id(value: str) -> bool:
@@ -33,7 +34,22 @@ def _id(value: str) -> str:
     return value
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:  # iterative: a deeply nested value must not exhaust the interpreter's stack here
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and _too_deep(value, MAX_METADATA_DEPTH):
+        raise ValueError(f"metadata must nest at most {MAX_METADATA_DEPTH} levels")
     if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must serialise to at most {MAX_METADATA_BYTES} bytes of JSON")
     return value

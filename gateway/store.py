@@ -59,6 +59,12 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _not_loaded(exc: MilvusException) -> bool:
+    # Milvus' ErrCollectionNotLoaded is code 101 ("collection not loaded" / "in state 'released'").
+    message = (getattr(exc, "message", "") or str(exc)).lower()
+    return getattr(exc, "code", None) == 101 or "not loaded" in message or "state 'released'" in message
+
+
 def record_key(*parts: str) -> str:
     # Ids contain no control characters, so \x1f separates them unambiguously.
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
@@ -110,6 +116,9 @@ class Store:
                     client.close()
                     raise
                 self._client = client
+            elif not {GALLERIES, SUBJECTS} <= self._known:  # forgotten after a Milvus restart: load again
+                for name in (GALLERIES, SUBJECTS):
+                    self._ensure(self._client, name)
             return self._client
 
     def _ensure(self, client: MilvusClient, name: str, dim: int = 128) -> None:
@@ -170,11 +179,22 @@ class Store:
 
     async def _run(self, operation: str, fn: Callable[[MilvusClient], T], *, write: bool = False) -> T:
         def call() -> T:
-            client = self._connect()
-            if write:
-                with self._write_lock:
+            for attempt in (1, 2):
+                client = self._connect()
+                try:
+                    if write:
+                        with self._write_lock:
+                            return fn(client)
                     return fn(client)
-            return fn(client)
+                except MilvusException as exc:
+                    # A restarted Milvus may come back with collections released (Milvus Lite's server
+                    # always does): forget what was loaded, load again, and retry once. Safe for writes
+                    # too: they are upserts of gateway-generated ids and checks re-run.
+                    if attempt == 2 or not _not_loaded(exc):
+                        raise
+                    log.warning("milvus: collections not loaded (Milvus restarted?); loading them again")
+                    self._known.clear()
+            raise AssertionError("unreachable")
 
         started = time.perf_counter()
         outcome = "error"
@@ -213,8 +233,10 @@ class Store:
             log.warning("milvus not reachable at start (%s): %s", self.uri, exc.detail)
 
     async def ping(self) -> bool:
+        # A read, not has_collection: it fails on a released collection (and _run then loads it again).
         try:
-            await self._run("ping", lambda c: c.has_collection(GALLERIES, timeout=min(self.timeout, 2.0)))
+            await self._run("ping", lambda c: c.get(GALLERIES, ids=["ping"], output_fields=["pk"],
+                                                    timeout=min(self.timeout, 2.0)))
             return True
         except ApiError:
             return False

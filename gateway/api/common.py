@@ -44,9 +44,10 @@ def iso(ms: int) -> str:
 
 
 def problems(*codes: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for these error codes (grouped by status)."""
+    """OpenAPI `responses` for these error codes (grouped by status). Every keyed route can also answer
+    unauthorized, validation_error and rate_limited (the key's request rate)."""
     by_status: dict[int, list[str]] = {}
-    for code in (*codes, "unauthorized", "validation_error"):
+    for code in (*codes, "unauthorized", "validation_error", "rate_limited"):
         by_status.setdefault(CODES[code][0], []).append(code)
     return {status: {"model": Problem, "content": {PROBLEM_JSON: {}},
                      "description": "problem+json, code: " + " | ".join(sorted(set(names)))}

@@ -11,15 +11,16 @@ from gateway.api.common import services
 from gateway.errors import ApiError
 
 router = APIRouter(tags=["operations"])
+NO_KEY = {"security": []}  # the schema's global ApiKey requirement does not apply to these
 
 
-@router.get("/healthz", summary="Liveness: the process serves requests")
+@router.get("/healthz", summary="Liveness: the process serves requests", openapi_extra=NO_KEY)
 async def healthz() -> dict:
     return {"status": "ok"}
 
 
 @router.get("/readyz", summary="Readiness: Triton's face_pipeline is ready and Milvus answers",
-            responses={503: {"description": "problem+json, code: backend_unavailable"}})
+            responses={503: {"description": "problem+json, code: backend_unavailable"}}, openapi_extra=NO_KEY)
 async def readyz(request: Request) -> dict:
     svc = services(request)
     triton, milvus = await asyncio.gather(svc.triton.ready(), svc.store.ping())
@@ -30,6 +31,6 @@ async def readyz(request: Request) -> dict:
     return {"status": "ready", "triton": True, "milvus": True}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, openapi_extra=NO_KEY)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(services(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,238 @@
+"""Processes the reliability tests and the soak run start, kill and measure: the gateway as its own process
+(`python -m uvicorn gateway.app:app`, as the Helm chart runs it), a Milvus Lite server, and /proc probes
+(RSS, open file descriptors, child processes).
+
+Everything binds 127.0.0.1 on free ports; every process is started in its own session so that a test can
+kill exactly what it started (by process group id), never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from facestack.triton.launcher import free_port
+from gateway.auth import hash_key, new_key
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The parent's environment without FACESTACK_*/MILVUS_*/PORT (a developer's settings must not leak in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACESTACK_", "MILVUS_")) and k != "PORT"}
+    return {**env, **extra}
+
+
+def write_keys(path: Path, keys: dict[str, tuple[str, list[str]]]) -> dict[str, str]:
+    """keys: name -> (tenant, scopes). Writes the hashed keys file; returns name -> plaintext key."""
+    plain = {name: new_key() for name in keys}
+    records = [{"id": f"{name}-key", "tenant": tenant, "scopes": scopes, "hash": hash_key(plain[name])}
+               for name, (tenant, scopes) in keys.items()]
+    path.write_text(json.dumps({"keys": records}))
+    return plain
+
+
+# ---- /proc probes ---------------------------------------------------------------------------------
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below pid (children, grandchildren...)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# ---- the gateway as a process ---------------------------------------------------------------------
+
+class GatewayProcess:
+    """`python -m uvicorn gateway.app:app` on a free port; settings from FACESTACK_* env (`settings` maps
+    field names to values: {"gateway_triton_queue": 2} -> FACESTACK_GATEWAY_TRITON_QUEUE=2)."""
+
+    def __init__(self, data_dir: Path, triton_url: str, keys_file: Path, *, log_level: str = "warning",
+                 access_log: bool = False, **settings: object) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {"FACESTACK_DATA_DIR": str(self.data_dir), "FACESTACK_TRITON_GRPC_URL": triton_url,
+               "FACESTACK_API_KEYS_FILE": str(keys_file), "FACESTACK_LOG_LEVEL": log_level}
+        for name, value in settings.items():
+            env[name.upper() if name.isupper() else f"FACESTACK_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, list | tuple) else str(value))
+        self.env = clean_env(**env)
+        self.command = [sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1",
+                        "--port", str(self.port), "--log-level", log_level, "--timeout-graceful-shutdown", "20"]
+        if not access_log:
+            self.command.append("--no-access-log")
+        self.log = self.data_dir / f"gateway-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 180.0) -> GatewayProcess:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout  # a reopened Lite file replays its write-ahead log first
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited ({self.proc.returncode}):\n{self.log_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"gateway not up within {timeout:.0f}s:\n{self.log_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{self.url}/readyz", timeout=5).status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway not ready")
+            time.sleep(0.1)
+
+    def client(self, key: str | None = None, timeout: float = 60.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": key} if key else {}, timeout=timeout)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.pid)
+
+    def open_fds(self) -> int:
+        return open_fds(self.pid)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(30)
+
+    def stop(self) -> int | None:
+        """SIGTERM (graceful: in-flight requests finish, Milvus Lite syncs), SIGKILL if it hangs."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---- Milvus Lite as a server (a Milvus that can die under the gateway) ------------------------------
+
+class MilvusLiteServer:
+    """`milvus-lite server --data-dir D --host 127.0.0.1 --port P` (field notes: it has no auth; bind loopback)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> MilvusLiteServer:
+        from pymilvus import MilvusClient
+
+        exe = Path(sys.executable).parent / "milvus-lite"
+        log = open(self.data_dir.parent / f"milvus-{self.port}.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen([str(exe), "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
+                                      "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"milvus-lite server exited with {self.proc.returncode}"
+            try:
+                client = MilvusClient(self.uri, timeout=1)
+                client.list_collections(timeout=1)
+                client.close()
+                return self
+            except Exception:  # not listening yet
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+# ---- the fuzz target --------------------------------------------------------------------------------
+
+@dataclass
+class FuzzTarget:
+    gateway: GatewayProcess
+    baseline_rss_mb: float  # after warm-up
+    baseline_fds: int
+
+
+def check_bounded(target: FuzzTarget, keys: dict[str, str], growth_mb: float = 64.0) -> tuple[float, int]:
+    """The fuzzed gateway is up, ready, its warm-up data intact, RSS and open files bounded."""
+    gateway = target.gateway
+    assert gateway.proc is not None and gateway.proc.poll() is None, gateway.log_text()[-3000:]
+    with gateway.client(keys["acme"]) as client:
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v1/galleries/warm").json()["templates"] == 1
+    rss, fds = gateway.rss_mb(), gateway.open_fds()
+    assert rss - target.baseline_rss_mb < growth_mb, (target.baseline_rss_mb, rss)
+    assert fds <= target.baseline_fds + 10, (target.baseline_fds, fds)
+    return rss, fds
