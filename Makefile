@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint models bench bench-gateway eval loadtest clean
+.PHONY: run test lint models bench bench-gateway eval loadtest soak clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (facestack needs Python 3.11)"; exit 1; }
@@ -46,6 +46,9 @@ MAX_ERROR_RATE ?= 0.001
 loadtest: models
 	@LOADTEST_API_KEY='$(API_KEY)' $(PY) -m loadtest.run --url '$(URL)' --duration $(DURATION) --users $(USERS) \
 		--shape $(SHAPE) --p99-ms $(P99_MS) --max-error-rate $(MAX_ERROR_RATE) $(LOADTEST_ARGS)
+
+soak: models  ## minutes under Locust at ~70 % of capacity: errors, RSS growth, leaks (docs/reliability.md)
+	@$(PY) -m tests.reliability.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .data .pytest_cache

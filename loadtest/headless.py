@@ -85,6 +85,10 @@ class LocustRun:
                 proc.kill()
                 proc.wait()
                 raise RuntimeError(f"locust did not finish within {limit:.0f} s (log: {self.log})") from None
+            except BaseException:  # Ctrl-C: its own session does not get the signal, so stop it here
+                proc.kill()
+                proc.wait()
+                raise
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""

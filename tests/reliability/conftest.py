@@ -15,7 +15,7 @@ from tests.gateway.conftest import KEYS, assert_problem, img, keys, problem, seg
 from tests.reliability.harness import FuzzTarget, GatewayProcess
 
 __all__ = ["KEYS", "assert_problem", "img", "keys", "problem", "seg", "spawn", "uid", "unique", "own_triton",
-           "gateway_process", "fuzz_target"]
+           "fuzz_target"]
 
 
 class OwnTriton:
@@ -51,21 +51,6 @@ def own_triton() -> Iterator[OwnTriton]:
         yield triton
     finally:
         triton.kill()  # nothing to drain, and a graceful stop takes seconds
-
-
-@pytest.fixture
-def gateway_process(tmp_path, keys):
-    """gateway_process(triton_url, **settings) -> a started GatewayProcess (stopped at teardown)."""
-    started: list[GatewayProcess] = []
-
-    def make(triton_url: str, data_dir=None, **settings) -> GatewayProcess:
-        gateway = GatewayProcess(data_dir or tmp_path / f"gw{len(started)}", triton_url, keys["file"], **settings)
-        started.append(gateway)
-        return gateway.start()
-
-    yield make
-    for gateway in started:
-        gateway.stop()
 
 
 @pytest.fixture(scope="session")
