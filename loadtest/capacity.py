@@ -3,7 +3,7 @@
     python -m loadtest.capacity --endpoints verify_image identify          # the local stack, as `make loadtest`
     python -m loadtest.capacity --url https://... --start-rps 20 --step-duration 60s
 
-For each endpoint alone: constant-throughput users (each paced at rate/users, random phase) at a target rate
+For each endpoint alone: constant-throughput users (rate/users each, Poisson arrivals) at a target rate
 for --step-duration, or longer to get --min-requests (the p99 of 30 requests is their maximum: one outlier).
 A step passes when p99 < P99_MS on every request name, the error rate < MAX_ERROR_RATE and the achieved
 rate is at least --min-achieved of the target (a gateway that cannot keep up fails even if the requests it
@@ -88,7 +88,7 @@ def run_step(target: Target, endpoint: str, rps: float, args: argparse.Namespace
     users = users_for(rps, args.p99_ms)
     run = LocustRun(url=target.url, api_key=target.api_key, out_dir=out / f"{endpoint}-{rps:.2f}rps",
                     duration_s=duration, users=users, shape="steady", mix=f"{endpoint}=1", gallery=args.gallery,
-                    rps=rps, bad_fraction=0.0)
+                    rps=rps, bad_fraction=0.0, extra_args=["--arrivals", args.arrivals])
     code = run.run()
     if code != 0 or not run.stats_csv.exists():
         raise RuntimeError(f"locust exited with {code}: {run.log_tail()}")
@@ -150,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rps", type=float, default=200.0)
     p.add_argument("--refine", type=int, default=2, help="bisection steps after the first failure")
     p.add_argument("--min-rps", type=float, default=0.25, help="stop bisecting below this gap")
+    p.add_argument("--arrivals", choices=("poisson", "even"), default="poisson",
+                   help="request arrivals at the target rate: Poisson (realistic bursts) or evenly paced")
     p.add_argument("--step-duration", default="30s", help="at least; longer when needed for --min-requests")
     p.add_argument("--min-requests", type=int, default=100, help="requests per step at least (p99 needs ~100)")
     p.add_argument("--subjects", type=int, default=100)

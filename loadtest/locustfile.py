@@ -50,6 +50,8 @@ def _arguments(parser: Any) -> None:
                        help="burst/spike multiplier (0: the shape's default, 3 for step, 5 for spike)")
     group.add_argument("--rps", env_var="LOADTEST_RPS", type=float, default=0.0,
                        help="target tasks/s at the base user count (constant throughput); 0: think time")
+    group.add_argument("--arrivals", env_var="LOADTEST_ARRIVALS", default="poisson", choices=("poisson", "even"),
+                       help="with --rps: Poisson arrivals (random gaps, realistic bursts) or evenly paced users")
     group.add_argument("--think-time", env_var="LOADTEST_THINK_TIME", default="0.5,2.0",
                        help="MIN,MAX seconds between a user's tasks when --rps is 0")
     group.add_argument("--bad-fraction", env_var="LOADTEST_BAD_FRACTION", type=float, default=0.05,
@@ -84,12 +86,16 @@ def pacer(user: ApiUser) -> Callable[[], float]:
     options = user.environment.parsed_options
     if options.rps > 0:
         period = max(1, options.num_users or 1) / options.rps
-        next_at = time.perf_counter() + random.uniform(0, period)  # random phase: no synchronised users
+        # Poisson (exponential gaps) by default: evenly paced users keep their start phases for the whole run, so
+        # whether two of them collide every period is luck of the draw, and the p99 with it.
+        gap: Callable[[], float] = (lambda: random.expovariate(1 / period)) if options.arrivals == "poisson" \
+            else (lambda: period)
+        next_at = time.perf_counter() + random.uniform(0, period)
 
         def wait() -> float:
             nonlocal next_at
             now = time.perf_counter()
-            next_at = max(next_at + period, now - period)  # behind schedule: no catch-up burst beyond one period
+            next_at = max(next_at + gap(), now - period)  # behind schedule: no catch-up burst beyond one period
             return max(0.0, next_at - now)
 
         user.first_wait = max(0.0, next_at - time.perf_counter())
