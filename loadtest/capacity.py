@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -88,7 +89,7 @@ def run_step(target: Target, endpoint: str, rps: float, args: argparse.Namespace
     users = users_for(rps, args.p99_ms)
     run = LocustRun(url=target.url, api_key=target.api_key, out_dir=out / f"{endpoint}-{rps:.2f}rps",
                     duration_s=duration, users=users, shape="steady", mix=f"{endpoint}=1", gallery=args.gallery,
-                    rps=rps, bad_fraction=0.0, extra_args=["--arrivals", args.arrivals])
+                    rps=rps, bad_fraction=0.0, ramp_s=1.0, extra_args=["--arrivals", args.arrivals])
     code = run.run()
     if code != 0 or not run.stats_csv.exists():
         raise RuntimeError(f"locust exited with {code}: {run.log_tail()}")
@@ -162,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # SIGTERM (CI timeouts, kill) unwinds like Ctrl-C: Locust and a private stack are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = datetime.now(UTC)
     out = args.results or REPO_ROOT / "benchmarks" / "results" / "loadtest" / f"{started:%Y%m%dT%H%M%SZ}-capacity"
     results: list[Capacity] = []

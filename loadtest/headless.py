@@ -40,6 +40,7 @@ class LocustRun:
     gallery: str = "loadtest"
     rps: float = 0.0
     bad_fraction: float = 0.05
+    ramp_s: float | None = None  # None: the shape's default
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -60,13 +61,13 @@ class LocustRun:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", self.url,
-                "--users", str(self.users), "--spawn-rate", str(self.users),
-                "--run-time", f"{max(1, round(self.duration_s))}s", "--stop-timeout", str(STOP_TIMEOUT_S),
+                "--users", str(self.users), "--run-time", f"{max(1, round(self.duration_s))}s",
+                "--stop-timeout", str(STOP_TIMEOUT_S),
                 "--csv", str(self.out_dir / "locust"), "--csv-full-history", "--html", str(self.html),
                 "--only-summary", "--exit-code-on-error", "0",
                 "--shape", self.shape, "--shape-factor", str(self.shape_factor), "--mix", self.mix,
                 "--gallery", self.gallery, "--rps", str(self.rps), "--bad-fraction", str(self.bad_fraction),
-                *self.extra_args]
+                *(["--ramp-s", str(self.ramp_s)] if self.ramp_s is not None else []), *self.extra_args]
 
     def run(self) -> int:
         """Run to completion (bounded: the run time + stop timeout + a start-up allowance); Locust's exit code."""

@@ -26,12 +26,14 @@ from urllib.parse import quote
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.runners import MasterRunner
 
+from loadtest.arrivals import next_wait, schedule
 from loadtest.mix import DEFAULT_MIX, ENDPOINTS, parse_mix
 from loadtest.payloads import Body, Payloads
 from loadtest.shapes import DEFAULT_FACTORS, SHAPES
 
 log = logging.getLogger("loadtest")
 PAYLOADS: Payloads | None = None  # built once per process in the init event, shared by its users
+RUN_STARTED: float | None = None  # perf_counter() at test start: constant-throughput schedules end with the run
 
 
 @events.init_command_line_parser.add_listener
@@ -51,7 +53,9 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--rps", env_var="LOADTEST_RPS", type=float, default=0.0,
                        help="target tasks/s at the base user count (constant throughput); 0: think time")
     group.add_argument("--arrivals", env_var="LOADTEST_ARRIVALS", default="poisson", choices=("poisson", "even"),
-                       help="with --rps: Poisson arrivals (random gaps, realistic bursts) or evenly paced users")
+                       help="with --rps: Poisson arrivals (random gaps, exact count; loadtest/arrivals.py) or even")
+    group.add_argument("--ramp-s", env_var="LOADTEST_RAMP_S", type=float, default=None,
+                       help="seconds to start the base users (default: 10 %% of the run, 1-10 s)")
     group.add_argument("--think-time", env_var="LOADTEST_THINK_TIME", default="0.5,2.0",
                        help="MIN,MAX seconds between a user's tasks when --rps is 0")
     group.add_argument("--bad-fraction", env_var="LOADTEST_BAD_FRACTION", type=float, default=0.05,
@@ -81,24 +85,26 @@ def _init(environment: Any, runner: Any = None, **_: Any) -> None:
         log.info("payloads ready: %.1f MB in %.1f s", PAYLOADS.size_bytes() / 1e6, time.perf_counter() - started)
 
 
+@events.test_start.add_listener
+def _test_start(**_: Any) -> None:
+    global RUN_STARTED
+    RUN_STARTED = time.perf_counter()
+
+
 def pacer(user: ApiUser) -> Callable[[], float]:
     """The wait between tasks: constant throughput (--rps spread over the base users) or think time."""
     options = user.environment.parsed_options
     if options.rps > 0:
         period = max(1, options.num_users or 1) / options.rps
-        # Poisson (exponential gaps) by default: evenly paced users keep their start phases for the whole run, so
-        # whether two of them collide every period is luck of the draw, and the p99 with it.
-        gap: Callable[[], float] = (lambda: random.expovariate(1 / period)) if options.arrivals == "poisson" \
-            else (lambda: period)
-        next_at = time.perf_counter() + random.uniform(0, period)
+        now = time.perf_counter()
+        end = (RUN_STARTED or now) + float(options.run_time or 60)
+        times = schedule(now, end, period, options.arrivals)
 
         def wait() -> float:
-            nonlocal next_at
-            now = time.perf_counter()
-            next_at = max(next_at + gap(), now - period)  # behind schedule: no catch-up burst beyond one period
-            return max(0.0, next_at - now)
+            delay = next_wait(times, time.perf_counter(), late_after=period)
+            return 3600.0 if delay is None else delay  # schedule done: idle until the run stops the user
 
-        user.first_wait = max(0.0, next_at - time.perf_counter())
+        user.first_wait = wait()
         return wait
     low, high = (float(v) for v in options.think_time.split(","))
     user.first_wait = random.uniform(0, high)
@@ -292,4 +298,4 @@ class NamedShape(LoadTestShape):
         users = max(1, options.num_users or 1)
         duration = float(options.run_time or 60)
         factor = options.shape_factor or DEFAULT_FACTORS[options.shape]
-        return SHAPES[options.shape](self.get_run_time(), users, duration, factor)
+        return SHAPES[options.shape](self.get_run_time(), users, duration, factor, options.ramp_s)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -65,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # SIGTERM (CI timeouts, kill) unwinds like Ctrl-C: Locust and a private stack are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         duration = parse_duration(args.duration)
         parse_mix(args.mix)

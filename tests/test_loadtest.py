@@ -11,14 +11,17 @@ import importlib.util
 import json
 import math
 import os
+import random
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from loadtest import gates
+from loadtest.arrivals import next_wait, schedule
 from loadtest.capacity import judge, step_seconds, users_for
 from loadtest.headless import parse_duration
 from loadtest.mix import DEFAULT_MIX, ENDPOINTS, parse_mix
@@ -139,6 +142,31 @@ def test_spike_shape_is_short_and_sudden():
     assert spike(45, 2, 100)[1] >= 100
     assert spike(100, 2, 100) is None
     assert set(SHAPES) == {"steady", "step", "spike"}
+
+
+def test_ramp_can_be_set():
+    assert steady(0, 10, 100, ramp_s=1) == (10, 10.0) and step(0, 6, 90, ramp_s=2) == (6, 3.0)
+    assert spike(0, 4, 100, ramp_s=0) == (4, 40.0)  # 0 means as fast as possible: 0.1 s
+
+
+def test_poisson_arrivals_have_the_exact_count_and_random_gaps():
+    times = schedule(10.0, 110.0, 0.5, "poisson", random.Random(1))
+    assert len(times) == 200 and list(times) == sorted(times) and times[0] >= 10 and times[-1] < 110
+    gaps = [b - a for a, b in zip(times, list(times)[1:], strict=False)]
+    assert min(gaps) < 0.05 < 1.5 < max(gaps)  # bursts and lulls, not a metronome
+    even = schedule(0.0, 10.0, 1.0, "even", random.Random(2))
+    assert len(even) == 10 and all(abs((b - a) - 1.0) < 1e-9 for a, b in zip(even, list(even)[1:], strict=False))
+    assert not schedule(5.0, 5.0, 1.0) and not schedule(0.0, 1.0, 0.0)
+    with pytest.raises(ValueError):
+        schedule(0.0, 1.0, 0.1, "bursty")
+
+
+def test_late_arrivals_are_dropped_not_fired_at_once():
+    times = deque([1.0, 2.0, 3.0, 4.5, 9.0])
+    assert next_wait(times, now=4.0, late_after=1.0) == 0.0  # 1.0 and 2.0 dropped, 3.0 due now
+    assert next_wait(times, now=4.0, late_after=1.0) == 0.5
+    assert next_wait(times, now=4.6, late_after=1.0) == pytest.approx(4.4)
+    assert next_wait(times, now=10.0, late_after=1.0) is None
 
 
 def test_parse_mix():
