@@ -1,7 +1,8 @@
 """`python -m export`: build the model repository's weights and manifests from pinned registry artifacts.
 
     python -m export                 # (re)export every model
-    python -m export --if-missing    # only models whose model.onnx is absent or differs from its manifest
+    python -m export --if-missing    # only models whose model.onnx is absent, differs from its manifest,
+                                     # or was made by another version of its exporter module
     python -m export --tensorrt      # also build TensorRT plans (GPU node with TensorRT only)
 """
 
@@ -41,14 +42,21 @@ def version_dir(repository: Path, model: str) -> Path:
     return repository / model / "1"
 
 
+def exporter_sha256(spec: ModelExport) -> str:
+    """The exporter module's source: a changed exporter (new graph rewrite, new input type) re-exports."""
+    return sha256_file(Path(__file__).with_name(f"{spec.module}.py"))
+
+
 def is_current(repository: Path, spec: ModelExport) -> bool:
-    """True when model.onnx exists and matches the manifest written with it from the pinned source."""
+    """True when model.onnx exists and matches the manifest written with it, from the pinned source, by
+    this version of the exporter."""
     directory = version_dir(repository, spec.model)
     manifest_path, onnx_path = directory / "manifest.json", directory / "model.onnx"
     if not (manifest_path.exists() and onnx_path.exists()):
         return False
     manifest = json.loads(manifest_path.read_text())
     return (manifest.get("source", {}).get("member_sha256") == spec.artifact.member_sha256
+            and manifest.get("exporter", {}).get("sha256") == exporter_sha256(spec)
             and manifest.get("output", {}).get("sha256") == sha256_file(onnx_path))
 
 
@@ -66,6 +74,7 @@ def build_manifest(spec: ModelExport, facts: dict, onnx_path: Path) -> dict:
         "licence": a.licence,
         "source": {"registry": a.registry, "package": a.package, "version": a.version, "archive": a.archive,
                    "archive_sha256": a.archive_sha256, "member": a.member, "member_sha256": a.member_sha256},
+        "exporter": {"module": f"export/{spec.module}.py", "sha256": exporter_sha256(spec)},
         "output": {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "bytes": onnx_path.stat().st_size},
         **facts,
         "thresholds": calibrated.get("operating_points", {}),

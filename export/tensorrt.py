@@ -3,6 +3,8 @@
 A plan is compiled for one GPU model and one TensorRT version: build it on each node pool (the Helm
 chart's init container runs this), never ship it between GPU types. Plans go to
 `model_repository/<model>/1/model.plan`, which `configs/plan.pbtxt` (`--model-config-name=plan`) serves.
+The detector's input is uint8 with a Cast as its first node: TensorRT (8.6 and later) takes uint8 network
+inputs that feed a cast, so the plan keeps the same tensor contract. Not run here: no GPU on these machines.
 """
 
 from __future__ import annotations

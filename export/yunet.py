@@ -3,6 +3,10 @@
 The shipped graph is fixed at 1x3x640x640 only through its declared shapes and the `[1, -1, k]`
 targets of the Reshapes that flatten each head; with those made batch-generic the same weights run on
 any batch and any H, W that are multiples of 32.
+
+The input is uint8 pixels, cast to float32 by the graph's first node: the network sees exactly the values
+it saw before (pixels are integers 0..255), while every copy of a 640x640 image between the pipeline,
+Triton and the detector (shared memory on CPU, PCIe on GPU) moves 1.2 MB instead of 4.9 MB.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from facestack.pipeline.detection import OUTPUT_NAMES
 
@@ -45,8 +49,20 @@ def make_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def uint8_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Declare the input uint8 and cast it to float32 in front of the first layer."""
+    graph = model.graph
+    cast_output = f"{INPUT_NAME}_float"
+    for node in graph.node:
+        node.input[:] = [cast_output if name == INPUT_NAME else name for name in node.input]
+    graph.node.insert(0, helper.make_node("Cast", [INPUT_NAME], [cast_output], to=TensorProto.FLOAT,
+                                          name="input_to_float"))
+    graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    return model
+
+
 def export_onnx(src: Path, out_path: Path) -> dict:
-    model = make_dynamic(onnx.load(str(src)))
+    model = uint8_input(make_dynamic(onnx.load(str(src))))
     names = {o.name for o in model.graph.output}
     if names != set(OUTPUT_NAMES):
         raise ValueError(f"unexpected YuNet outputs {sorted(names)}")
@@ -54,7 +70,8 @@ def export_onnx(src: Path, out_path: Path) -> dict:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     return {
-        "input": {"name": INPUT_NAME, "shape": ["N", 3, "H", "W"], "colour": "BGR", "scale": "0..255 float32",
+        "input": {"name": INPUT_NAME, "shape": ["N", 3, "H", "W"], "colour": "BGR",
+                  "scale": "0..255 uint8 (cast to float32 in the graph)",
                   "layout": "NCHW", "note": "H and W multiples of 32; the pipeline letterboxes to 640x640"},
         "outputs": list(OUTPUT_NAMES),
         "decoding": "score = sqrt(cls * obj); anchor-grid boxes and 5 landmarks at strides 8/16/32; NMS 0.3",

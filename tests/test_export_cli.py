@@ -53,6 +53,21 @@ def test_export_writes_model_and_manifest_once(tmp_path: Path, capsys: pytest.Ca
     assert artifacts.sha256_file(version_dir / "model.onnx") == manifest["output"]["sha256"]
 
 
+def test_a_changed_exporter_re_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export_cli.main(["--repository", str(tmp_path), "--only", "face_detector"]) == 0
+    manifest_path = tmp_path / "face_detector" / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["exporter"] == {"module": "export/yunet.py",
+                                    "sha256": artifacts.sha256_file(Path(export_cli.__file__).with_name("yunet.py"))}
+    # A model exported by an older exporter (here: its recorded hash differs) is not current any more.
+    manifest["exporter"]["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert export_cli.main(["--repository", str(tmp_path), "--only", "face_detector", "--if-missing"]) == 0
+    assert "exporting 1 model" in capsys.readouterr().out
+    assert json.loads(manifest_path.read_text())["exporter"]["sha256"] != "0" * 64
+
+
 def test_embedder_manifests_carry_alignment_and_thresholds() -> None:
     repository = artifacts.REPO_ROOT / "model_repository"
     for model, size in (("face_embedder", 112), ("face_embedder_dlib", 150)):

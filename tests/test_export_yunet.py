@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -28,7 +29,7 @@ def session(exported: Path) -> ort.InferenceSession:
 
 def _ours(session: ort.InferenceSession, canvases: list[np.ndarray], threshold: float) -> list[detection.Detections]:
     names = [o.name for o in session.get_outputs()]
-    outputs = dict(zip(names, session.run(None, {"input": to_nchw(canvases)}), strict=True))
+    outputs = dict(zip(names, session.run(None, {"input": to_nchw(canvases, np.uint8)}), strict=True))
     h, w = canvases[0].shape[:2]
     return [detection.decode({k: v[i] for k, v in outputs.items()}, h, w, threshold) for i in range(len(canvases))]
 
@@ -53,6 +54,18 @@ def test_detections_match_opencv(session: ort.InferenceSession, name: str) -> No
     assert np.abs(ours.boxes - ref_boxes).max() <= 1.0
     assert np.abs(ours.landmarks - ref[:, 4:14].reshape(-1, 5, 2)).max() <= 1.0
     np.testing.assert_allclose(ours.scores, ref[:, -1], atol=1e-4)
+
+
+def test_uint8_input_gives_exactly_the_float_graphs_outputs(session: ort.InferenceSession) -> None:
+    """The exported input is uint8 (4x fewer bytes per image); the in-graph cast must change nothing."""
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    float_graph = yunet.make_dynamic(onnx.load(str(artifacts.fetch(artifacts.YUNET))))
+    reference = ort.InferenceSession(float_graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    canvas = letterbox(cv2.imread(str(artifacts.photo("sample2.jpg"))), 640).canvas
+    ours = session.run(None, {"input": to_nchw([canvas], np.uint8)})
+    theirs = reference.run(None, {"input": to_nchw([canvas])})
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_dynamic_batch_and_size(session: ort.InferenceSession) -> None:

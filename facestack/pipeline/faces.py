@@ -17,7 +17,7 @@ from facestack.pipeline import detection, quality
 from facestack.pipeline.alignment import align
 from facestack.pipeline.image import ImageError, decode, letterbox, to_nchw
 
-# detect(NCHW float32 BGR batch) -> YuNet outputs, each with a leading batch axis
+# detect(NCHW uint8 BGR batch) -> YuNet outputs, each with a leading batch axis
 DetectFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 # embed(embedder name, NCHW float32 RGB crops) -> [N, D] raw embeddings
 EmbedFn = Callable[[str, np.ndarray], np.ndarray]
@@ -85,7 +85,7 @@ class FacePipeline:
             return results  # type: ignore[return-value]
 
         boxes = {i: letterbox(img, self.detector_size) for i, img in decoded.items()}
-        outputs = self._detect(to_nchw([b.canvas for b in boxes.values()]))
+        outputs = self._detect(to_nchw([b.canvas for b in boxes.values()], np.uint8))
         crops: dict[str, list[tuple[int, np.ndarray]]] = {}
         for row, (i, lb) in enumerate(boxes.items()):
             opts = options[i]

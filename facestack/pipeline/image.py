@@ -77,9 +77,9 @@ def letterbox(image: np.ndarray, size: int) -> Letterbox:
     return Letterbox(canvas, scale)
 
 
-def to_nchw(images: list[np.ndarray] | np.ndarray) -> np.ndarray:
-    """HWC uint8 image(s) -> NCHW float32, channel order unchanged."""
+def to_nchw(images: list[np.ndarray] | np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """HWC uint8 image(s) -> NCHW `dtype` (float32 for the embedders, uint8 for the detector), channels unchanged."""
     batch = np.stack(images) if isinstance(images, list) else images
     if batch.ndim == 3:
         batch = batch[None]
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=dtype)
