@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,8 +37,9 @@ import tritonclient.grpc.aio as grpcaio
 from export.artifacts import photo_bytes
 from facestack.settings import REPO_ROOT
 from facestack.triton.client import MODEL, build_request, parse_result
-from facestack.triton.launcher import TritonServer, free_port
+from facestack.triton.launcher import TritonServer
 from gateway.metrics import Metrics
+from gateway.process import GatewayProcess
 from gateway.store import Store, template_collection
 
 KEY = "fs_benchmark-key"
@@ -115,38 +115,6 @@ def server_timing(response: httpx.Response) -> tuple[float, float, float]:
     queue = _QUEUE_DUR.search(header)
     return (float(_TRITON_DUR.search(header).group(1)), float(_TOTAL_DUR.search(header).group(1)),
             float(queue.group(1)) if queue else 0.0)
-
-
-class GatewayProcess:
-    def __init__(self, data_dir: Path, triton_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FACESTACK_", "MILVUS_"))}
-        env.update(FACESTACK_DATA_DIR=str(data_dir), FACESTACK_TRITON_GRPC_URL=triton_url, FACESTACK_API_KEY=KEY,
-                   FACESTACK_LOG_LEVEL="warning")
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def wait_ready(self, timeout: float = 300) -> GatewayProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("gateway not ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 async def triton_levels(url: str, image: bytes, levels: list[int], seconds: float, warmup: float) -> list[Level]:
@@ -262,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = work / "main"
         data_dir.mkdir()
         fill_gallery(data_dir, 1000, template, model, version)
-        gateway = GatewayProcess(data_dir, triton_url).wait_ready()
+        gateway = GatewayProcess(data_dir, triton_url, api_key=KEY).start(300, ready=True)
         try:
             verify = asyncio.run(http_levels(gateway.url, "/v1/verify", args.concurrency, args.seconds, args.warmup,
                                              files={"probe": probe, "reference": reference}, images=2))
@@ -279,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir.mkdir()
             fill_s = fill_gallery(data_dir, size, template, model, version)
             started = time.perf_counter()
-            gateway = GatewayProcess(data_dir, triton_url).wait_ready()
+            gateway = GatewayProcess(data_dir, triton_url, api_key=KEY).start(300, ready=True)
             ready_s = time.perf_counter() - started
             try:
                 (level,) = asyncio.run(http_levels(gateway.url, "/v1/identify", [1], args.seconds, args.warmup,

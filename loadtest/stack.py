@@ -7,19 +7,14 @@ collides with `make run` (ports 8000/8001) or another run. The gateway runs as a
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
-import httpx
-
 from facestack.triton.launcher import TritonServer, free_port
+from gateway.process import GatewayProcess, GatewayProcessError
 
 
 class StackError(RuntimeError):
@@ -37,51 +32,26 @@ class LocalStack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = Path(tempfile.mkdtemp(prefix="facestack-loadtest-"))
         self._triton: TritonServer | None = None
-        self._gateway: subprocess.Popen[bytes] | None = None
+        self._gateway: GatewayProcess | None = None
 
     def start(self) -> LocalStack:
         if self.triton_url is None:
             self._triton = TritonServer().start()
             self.triton_url = self._triton.grpc_url
-        # The parent's FACESTACK_* settings (a developer's .env, make run's data dir) must not leak in.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FACESTACK_", "MILVUS_"))}
-        env.update(FACESTACK_DATA_DIR=str(self.data_dir), FACESTACK_TRITON_GRPC_URL=self.triton_url,
-                   FACESTACK_API_KEY=self.api_key, FACESTACK_LOG_LEVEL="warning")
-        log = (self.data_dir / "gateway.log").open("wb")
-        self._gateway = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning", "--no-access-log"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self._wait_ready()
+        self._gateway = GatewayProcess(self.data_dir, self.triton_url, api_key=self.api_key, port=self.port)
+        try:
+            self._gateway.start(self.ready_timeout_s, ready=True)
+        except GatewayProcessError as exc:
+            raise StackError(str(exc)) from exc
         return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self._gateway is not None and self._gateway.poll() is not None:
-                raise StackError(f"gateway exited ({self._gateway.returncode}): {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise StackError(f"gateway not ready within {self.ready_timeout_s:.0f} s: {self.log_tail()}")
-
     def log_tail(self, chars: int = 2000) -> str:
-        path = self.data_dir / "gateway.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+        return self._gateway.log_tail(chars) if self._gateway is not None else ""
 
     def stop(self) -> None:
-        proc, self._gateway = self._gateway, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # SIGTERM: in-flight requests finish, Milvus Lite syncs at close
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        gateway, self._gateway = self._gateway, None
+        if gateway is not None:
+            gateway.stop(timeout=60)  # SIGTERM: in-flight requests finish, Milvus Lite syncs at close
         if self._triton is not None:
             self._triton.stop()
             self._triton = None

@@ -20,15 +20,10 @@ from pathlib import Path
 import httpx
 
 from facestack.triton.launcher import free_port
+from gateway import process
 from gateway.auth import hash_key, new_key
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The parent's environment without FACESTACK_*/MILVUS_*/PORT (a developer's settings must not leak in)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACESTACK_", "MILVUS_")) and k != "PORT"}
-    return {**env, **extra}
 
 
 def write_keys(path: Path, keys: dict[str, tuple[str, list[str]]]) -> dict[str, str]:
@@ -87,93 +82,18 @@ def alive(pid: int) -> bool:
 
 # ---- the gateway as a process ---------------------------------------------------------------------
 
-class GatewayProcess:
-    """`python -m uvicorn gateway.app:app` on a free port; settings from FACESTACK_* env (`settings` maps
-    field names to values: {"gateway_triton_queue": 2} -> FACESTACK_GATEWAY_TRITON_QUEUE=2)."""
-
-    def __init__(self, data_dir: Path, triton_url: str, keys_file: Path, *, log_level: str = "warning",
-                 access_log: bool = False, **settings: object) -> None:
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {"FACESTACK_DATA_DIR": str(self.data_dir), "FACESTACK_TRITON_GRPC_URL": triton_url,
-               "FACESTACK_API_KEYS_FILE": str(keys_file), "FACESTACK_LOG_LEVEL": log_level}
-        for name, value in settings.items():
-            env[name.upper() if name.isupper() else f"FACESTACK_{name.upper()}"] = (
-                json.dumps(value) if isinstance(value, list | tuple) else str(value))
-        self.env = clean_env(**env)
-        self.command = [sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1",
-                        "--port", str(self.port), "--log-level", log_level, "--timeout-graceful-shutdown", "20"]
-        if not access_log:
-            self.command.append("--no-access-log")
-        self.log = self.data_dir / f"gateway-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout: float = 180.0) -> GatewayProcess:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout  # a reopened Lite file replays its write-ahead log first
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited ({self.proc.returncode}):\n{self.log_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"gateway not up within {timeout:.0f}s:\n{self.log_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while httpx.get(f"{self.url}/readyz", timeout=5).status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway not ready")
-            time.sleep(0.1)
+class GatewayProcess(process.GatewayProcess):
+    """gateway.process.GatewayProcess with the tests' probes: a client and the process's RSS and open files.
+    The keys file is the third argument, as the reliability tests pass it."""
 
     def client(self, key: str | None = None, timeout: float = 60.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": key} if key else {}, timeout=timeout)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
 
     def open_fds(self) -> int:
         return open_fds(self.pid)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(30)
-
-    def stop(self) -> int | None:
-        """SIGTERM (graceful: in-flight requests finish, Milvus Lite syncs), SIGKILL if it hangs."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def __enter__(self) -> GatewayProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # ---- Milvus Lite as a server (a Milvus that can die under the gateway) ------------------------------
