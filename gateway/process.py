@@ -50,12 +50,13 @@ class GatewayProcess:
 
     Keys: `api_key` (FACESTACK_API_KEY, all scopes, tenant "default") and/or `keys_file`
     (FACESTACK_API_KEYS_FILE). Any other settings field goes in `settings`: {"gateway_rate_limit_rps": 0}
-    -> FACESTACK_GATEWAY_RATE_LIMIT_RPS=0.
+    -> FACESTACK_GATEWAY_RATE_LIMIT_RPS=0. `entry="module"` runs `python -m gateway` instead, the container's
+    command, which takes its address from PORT and FACESTACK_GATEWAY_HOST.
     """
 
     def __init__(self, data_dir: Path, triton_url: str, keys_file: Path | None = None, *,
                  api_key: str | None = None, port: int | None = None, log_level: str = "warning",
-                 access_log: bool = False, **settings: object) -> None:
+                 access_log: bool = False, entry: str = "uvicorn", **settings: object) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -67,12 +68,19 @@ class GatewayProcess:
         if api_key is not None:
             env["FACESTACK_API_KEY"] = api_key
         env.update(setting_env(name, value) for name, value in settings.items())
+        if entry == "module":
+            env.update(PORT=str(self.port), FACESTACK_GATEWAY_HOST="127.0.0.1",
+                       FACESTACK_GATEWAY_SHUTDOWN_TIMEOUT_S=str(GRACEFUL_SHUTDOWN_S))
+            self.command = [sys.executable, "-m", "gateway"]
+        elif entry == "uvicorn":
+            self.command = [sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1",
+                            "--port", str(self.port), "--log-level", log_level,
+                            "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_S)]
+            if not access_log:
+                self.command.append("--no-access-log")
+        else:
+            raise ValueError(f"entry must be 'uvicorn' or 'module', not {entry!r}")
         self.env = clean_env(**env)
-        self.command = [sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1",
-                        "--port", str(self.port), "--log-level", log_level,
-                        "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_S)]
-        if not access_log:
-            self.command.append("--no-access-log")
         self.log = self.data_dir / f"gateway-{self.port}.log"  # per port: a restart on the same data dir gets its own
         self.proc: subprocess.Popen[bytes] | None = None
 

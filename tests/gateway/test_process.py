@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -22,54 +21,24 @@ import httpx
 import pytest
 
 from facestack.triton.launcher import free_port
+from gateway.process import GatewayProcess, clean_env
 
 pytestmark = pytest.mark.triton
 KEY = "fs_process-test-key"
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACESTACK_", "MILVUS_")) and k != "PORT"}
-    return {**env, **extra}
+def gateway_process(data_dir: Path, triton_url: str, entry: str = "uvicorn") -> GatewayProcess:
+    return GatewayProcess(data_dir, triton_url, api_key=KEY, entry=entry).start(120, ready=True)
 
 
-class GatewayProcess:
-    """entry="uvicorn": `python -m uvicorn gateway.app:app --port P`; entry="module": `python -m gateway`
-    with PORT and FACESTACK_GATEWAY_HOST in the environment (the container's command)."""
-
-    def __init__(self, data_dir: Path, triton_url: str, entry: str = "uvicorn") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = clean_env(FACESTACK_DATA_DIR=str(data_dir), FACESTACK_TRITON_GRPC_URL=triton_url,
-                             FACESTACK_API_KEY=KEY, FACESTACK_LOG_LEVEL="warning", PORT=str(self.port),
-                             FACESTACK_GATEWAY_HOST="127.0.0.1", FACESTACK_GATEWAY_SHUTDOWN_TIMEOUT_S="20")
-        self.command = [sys.executable, "-m", "gateway"] if entry == "module" else [
-            sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1", "--port", str(self.port),
-            "--log-level", "warning", "--timeout-graceful-shutdown", "20"]
-        self.log = data_dir / f"gateway-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> GatewayProcess:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120  # a reopened Lite file replays its write-ahead log first
-        while True:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "gateway not ready"
-            time.sleep(0.1)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=60)
+def api(gateway: GatewayProcess) -> httpx.Client:
+    return httpx.Client(base_url=gateway.url, headers={"X-API-Key": KEY}, timeout=60)
 
 
 def test_acknowledged_enrolments_survive_kill_9(triton, img, tmp_path) -> None:
-    gateway = GatewayProcess(tmp_path, triton.grpc_url).start()
+    gateway = gateway_process(tmp_path, triton.grpc_url)
     subjects = [f"s{i}" for i in range(4)]
-    with gateway.client() as client:
+    with api(gateway) as client:
         assert client.post("/v1/galleries", json={"gallery_id": "g"}).status_code == 201
         for s in subjects:
             assert client.post("/v1/galleries/g/subjects", json={"subject_id": s}).status_code == 201
@@ -81,7 +50,7 @@ def test_acknowledged_enrolments_survive_kill_9(triton, img, tmp_path) -> None:
     def enrol(i: int) -> None:
         subject = subjects[i % len(subjects)]
         try:
-            with gateway.client() as client:
+            with api(gateway) as client:
                 r = client.post(f"/v1/galleries/g/subjects/{subject}/faces", files={"image": photos[i % 4]})
         except httpx.TransportError:
             return  # in flight when the process died: not acknowledged
@@ -98,9 +67,9 @@ def test_acknowledged_enrolments_survive_kill_9(triton, img, tmp_path) -> None:
     assert killed.is_set() and gateway.proc.returncode == -signal.SIGKILL
     assert len(acknowledged) >= 12
 
-    restarted = GatewayProcess(tmp_path, triton.grpc_url).start()  # same data dir: the same Lite file
+    restarted = gateway_process(tmp_path, triton.grpc_url)  # same data dir: the same Lite file
     try:
-        with restarted.client() as client:
+        with api(restarted) as client:
             stored = {(s, f["face_id"]) for s in subjects
                       for f in client.get(f"/v1/galleries/g/subjects/{s}/faces").json()["items"]}
             assert set(acknowledged) <= stored, f"lost: {set(acknowledged) - stored}"
@@ -114,8 +83,8 @@ def test_acknowledged_enrolments_survive_kill_9(triton, img, tmp_path) -> None:
 
 
 def test_sigterm_lets_in_flight_requests_finish(triton, img, tmp_path) -> None:
-    gateway = GatewayProcess(tmp_path, triton.grpc_url, entry="module").start()
-    with gateway.client() as client:
+    gateway = gateway_process(tmp_path, triton.grpc_url, entry="module")
+    with api(gateway) as client:
         client.post("/v1/galleries", json={"gallery_id": "g"})
         client.post("/v1/galleries/g/subjects", json={"subject_id": "s"})
         files = [("image", img.photo(name)) for name in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")]
@@ -129,9 +98,9 @@ def test_sigterm_lets_in_flight_requests_finish(triton, img, tmp_path) -> None:
     assert result["r"].status_code == 201 and len(result["r"].json()["faces"]) == 4
     # uvicorn re-raises the SIGTERM it handled once shutdown is complete, so the status says "signal 15".
     assert gateway.proc.wait(30) in (0, -signal.SIGTERM)
-    restarted = GatewayProcess(tmp_path, triton.grpc_url).start()
+    restarted = gateway_process(tmp_path, triton.grpc_url)
     try:
-        with restarted.client() as client:
+        with api(restarted) as client:
             assert client.get("/v1/galleries/g/subjects/s/faces").json()["total"] == 4
     finally:
         restarted.proc.terminate()
