@@ -82,7 +82,7 @@ def in_process_pipeline(repository: Path) -> tuple[FacePipeline, dict, dict[str,
         specs.append(EmbedderSpec(name, model, np.asarray(manifest["alignment"]["template"]),
                                   manifest["alignment"]["size"][0], manifest["embedding"]["dim"]))
     by_name = {s.name: s.model for s in specs}
-    calls: dict[str, list[float]] = {"face_detector": [], "face_embedder": [], "face_embedder_dlib": []}
+    calls: dict[str, list[float]] = {m: [] for m in MODEL_INPUTS}
 
     def detect(batch: np.ndarray) -> dict[str, np.ndarray]:
         names = list(detection.OUTPUT_NAMES)
@@ -100,7 +100,7 @@ def in_process_pipeline(repository: Path) -> tuple[FacePipeline, dict, dict[str,
     return FacePipeline(detect, embed, specs), sessions, calls
 
 
-def triton_request_ms(client: grpcclient.InferenceServerClient) -> dict[str, tuple[int, int]]:
+def triton_successes(client: grpcclient.InferenceServerClient) -> dict[str, tuple[int, int]]:
     """Per model: (successful requests, their total nanoseconds in Triton), from Triton's statistics."""
     stats = client.get_inference_statistics(as_json=True)["model_stats"]
     return {m["name"]: (int(m["inference_stats"]["success"].get("count", 0)),
@@ -113,15 +113,14 @@ def breakdown(local_ms: list[float], local_calls: dict[str, list[float]], remote
     request time in Triton vs the same session.run in process; the BLS glue plus its calls' hops (the pipeline
     model's request time minus its composing models') vs the same glue in process; and what lies outside the
     pipeline model (client, gRPC, Triton's front end)."""
-    def triton_mean(model: str) -> float:
-        count = after[model][0] - before[model][0]
-        return (after[model][1] - before[model][1]) / max(count, 1) / 1e6
+    def triton_ms_per_image(model: str) -> float:
+        return (after[model][1] - before[model][1]) / max(images, 1) / 1e6
 
-    n = len(local_ms)
-    local = {m: sum(v) / n for m, v in local_calls.items()}  # per image, whatever the calls per image
-    pipeline = triton_mean(PIPELINE)
     images = after[PIPELINE][0] - before[PIPELINE][0]
-    remote = {m: triton_mean(m) * (after[m][0] - before[m][0]) / max(images, 1) for m in local_calls}
+    # Per image, whatever the number of calls per image (an image without a face makes no embedder call).
+    local = {m: sum(v) / len(local_ms) for m, v in local_calls.items()}
+    pipeline = triton_ms_per_image(PIPELINE)
+    remote = {m: triton_ms_per_image(m) for m in local_calls}
     rows = [(m, local[m], remote[m]) for m in local_calls if local[m] or remote[m]]
     glue_local = statistics.fmean(local_ms) - sum(local.values())
     rows.append(("pipeline glue + BLS hops", glue_local, pipeline - sum(remote.values())))
@@ -181,9 +180,9 @@ def run(seconds: float, out: Path) -> dict:
             return pipeline_client.infer(clients[i], images[next(counter) % len(images)])
 
         triton_one()
-        before = triton_request_ms(clients[0])
+        before = triton_successes(clients[0])
         remote_samples = timed(triton_one, seconds, warm_up=False)
-        after = triton_request_ms(clients[0])
+        after = triton_successes(clients[0])
         best, by_conc = 0.0, {}
         for concurrency in (1, 2, 4, 8):
             by_conc[concurrency] = round(throughput(triton_one, concurrency, seconds), 1)

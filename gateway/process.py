@@ -123,6 +123,10 @@ class GatewayProcess:
                 raise GatewayProcessError(f"gateway not {state} within {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.1)
 
+    def client(self, key: str | None = None, timeout: float = 60.0) -> httpx.Client:
+        """An HTTP client for this gateway, sending `key` as X-API-Key (none: anonymous)."""
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": key} if key else {}, timeout=timeout)
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

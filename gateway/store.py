@@ -86,6 +86,18 @@ class Hit:
     similarity: float
 
 
+def _must_be_missing(lookup: Callable[[], object], missing_code: str, conflict: ApiError) -> None:
+    """Create-if-absent: returns when `lookup` raises `missing_code`; any other error (e.g. the parent gallery is
+    missing) propagates; if the record exists, raises `conflict`."""
+    try:
+        lookup()
+    except ApiError as exc:
+        if exc.code == missing_code:
+            return
+        raise
+    raise conflict
+
+
 class Store:
     def __init__(self, uri: str, token: str = "", *, timeout: float, workers: int, metrics: Metrics,
                  retry_after: int) -> None:
@@ -270,12 +282,8 @@ class Store:
                "metadata": metadata, "created": now_ms(), "v": _PLACEHOLDER}
 
         def write(c: MilvusClient) -> dict:
-            try:
-                self._get_gallery(c, tenant, gallery, "Strong")
-                raise ApiError("conflict", f"gallery {gallery!r} already exists", gallery_id=gallery)
-            except ApiError as exc:
-                if exc.code != "gallery_not_found":
-                    raise
+            _must_be_missing(lambda: self._get_gallery(c, tenant, gallery, "Strong"), "gallery_not_found",
+                             ApiError("conflict", f"gallery {gallery!r} already exists", gallery_id=gallery))
             c.upsert(GALLERIES, [row], timeout=self._wt)
             return row
 
@@ -362,13 +370,9 @@ class Store:
                "name": name or "", "metadata": metadata, "created": created, "updated": created, "v": _PLACEHOLDER}
 
         def write(c: MilvusClient) -> dict:
-            try:
-                self._get_subject(c, tenant, gallery, subject, "Strong")
-                raise ApiError("conflict", f"subject {subject!r} already exists in gallery {gallery!r}",
-                               gallery_id=gallery, subject_id=subject)
-            except ApiError as exc:
-                if exc.code != "subject_not_found":
-                    raise
+            _must_be_missing(lambda: self._get_subject(c, tenant, gallery, subject, "Strong"), "subject_not_found",
+                             ApiError("conflict", f"subject {subject!r} already exists in gallery {gallery!r}",
+                                      gallery_id=gallery, subject_id=subject))
             c.upsert(SUBJECTS, [row], timeout=self._wt)
             return row
 

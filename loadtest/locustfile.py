@@ -33,6 +33,7 @@ from loadtest.shapes import DEFAULT_FACTORS, SHAPES
 
 log = logging.getLogger("loadtest")
 PAYLOADS: Payloads | None = None  # built once per process in the init event, shared by its users
+Check = Callable[[Any], str | None]  # a 2xx body -> None if it is right, else why not (Locust's failure text)
 RUN_STARTED: float | None = None  # perf_counter() at test start: constant-throughput schedules end with the run
 
 
@@ -91,13 +92,18 @@ def _test_start(**_: Any) -> None:
     RUN_STARTED = time.perf_counter()
 
 
+def run_seconds(options: Any) -> float:
+    """The run's length: Locust has parsed --run-time into seconds; without one, 60 s (the shapes need an end)."""
+    return float(options.run_time or 60)
+
+
 def pacer(user: ApiUser) -> Callable[[], float]:
     """The wait between tasks: constant throughput (--rps spread over the base users) or think time."""
     options = user.environment.parsed_options
     if options.rps > 0:
         period = max(1, options.num_users or 1) / options.rps
         now = time.perf_counter()
-        end = (RUN_STARTED or now) + float(options.run_time or 60)
+        end = (RUN_STARTED or now) + run_seconds(options)
         times = schedule(now, end, period, options.arrivals)
 
         def wait() -> float:
@@ -134,7 +140,7 @@ class ApiUser(FastHttpUser):
         return random.random() < self.bad_fraction
 
     def send(self, method: str, path: str, name: str, *, body: Body | None = None, json: Any = None,
-             expect: int = 200, code: str | None = None, check: Callable[[Any], str | None] | None = None) -> Any:
+             expect: int = 200, code: str | None = None, check: Check | None = None) -> Any:
         """One request; success iff the status is `expect` (and the problem `code`, and `check` returns None)."""
         headers = {"X-API-Key": self.api_key}
         kwargs: dict[str, Any] = {}
@@ -161,6 +167,13 @@ class ApiUser(FastHttpUser):
                 return None
             r.success()
             return payload
+
+    def genuine_or_impostor(self, path: str, name: str, kind: str, genuine: Check, impostor: Check) -> None:
+        """Half the requests with the `<kind>_genuine` payloads, half with `<kind>_impostor`, each checked."""
+        if random.random() < 0.5:
+            self.send("POST", path, name, body=self.payloads.pick(f"{kind}_genuine"), check=genuine)
+        else:
+            self.send("POST", path, name, body=self.payloads.pick(f"{kind}_impostor"), check=impostor)
 
 
 def _detail(response: Any) -> str:
@@ -204,10 +217,8 @@ class VerifyImageUser(ApiUser):
         if self.bad():
             self.send("POST", "/v1/verify", f"{name} [bad: no face]", body=self.payloads.pick("verify_no_face"),
                       expect=422, code="no_face")
-        elif random.random() < 0.5:
-            self.send("POST", "/v1/verify", name, body=self.payloads.pick("verify_genuine"), check=expect_match(True))
         else:
-            self.send("POST", "/v1/verify", name, body=self.payloads.pick("verify_impostor"), check=expect_match(False))
+            self.genuine_or_impostor("/v1/verify", name, "verify", expect_match(True), expect_match(False))
 
 
 class VerifySubjectUser(ApiUser):
@@ -219,11 +230,8 @@ class VerifySubjectUser(ApiUser):
         if self.bad():
             self.send("POST", "/v1/verify", f"{name} [bad: unknown subject]",
                       body=self.payloads.pick("subject_missing"), expect=404, code="subject_not_found")
-        elif random.random() < 0.5:
-            self.send("POST", "/v1/verify", name, body=self.payloads.pick("subject_genuine"), check=expect_match(True))
         else:
-            self.send("POST", "/v1/verify", name, body=self.payloads.pick("subject_impostor"),
-                      check=expect_match(False))
+            self.genuine_or_impostor("/v1/verify", name, "subject", expect_match(True), expect_match(False))
 
 
 class IdentifyUser(ApiUser):
@@ -235,12 +243,9 @@ class IdentifyUser(ApiUser):
         if self.bad():
             self.send("POST", "/v1/identify", f"{name} [bad: no face]", body=self.payloads.pick("identify_no_face"),
                       expect=422, code="no_face")
-        elif random.random() < 0.5:
-            self.send("POST", "/v1/identify", name, body=self.payloads.pick("identify_genuine"),
-                      check=expect_subject(self.payloads.subject))
         else:
-            self.send("POST", "/v1/identify", name, body=self.payloads.pick("identify_impostor"),
-                      check=expect_subject(self.payloads.impostor_subject))
+            self.genuine_or_impostor("/v1/identify", name, "identify", expect_subject(self.payloads.subject),
+                                     expect_subject(self.payloads.impostor_subject))
 
 
 class DetectUser(ApiUser):
@@ -296,6 +301,6 @@ class NamedShape(LoadTestShape):
     def tick(self) -> tuple[int, float] | None:
         options = self.runner.environment.parsed_options
         users = max(1, options.num_users or 1)
-        duration = float(options.run_time or 60)
+        duration = run_seconds(options)
         factor = options.shape_factor or DEFAULT_FACTORS[options.shape]
         return SHAPES[options.shape](self.get_run_time(), users, duration, factor, options.ramp_s)

@@ -31,14 +31,10 @@ def gateway_process(data_dir: Path, triton_url: str, entry: str = "uvicorn") -> 
     return GatewayProcess(data_dir, triton_url, api_key=KEY, entry=entry).start(120, ready=True)
 
 
-def api(gateway: GatewayProcess) -> httpx.Client:
-    return httpx.Client(base_url=gateway.url, headers={"X-API-Key": KEY}, timeout=60)
-
-
 def test_acknowledged_enrolments_survive_kill_9(triton, img, tmp_path) -> None:
     gateway = gateway_process(tmp_path, triton.grpc_url)
     subjects = [f"s{i}" for i in range(4)]
-    with api(gateway) as client:
+    with gateway.client(KEY) as client:
         assert client.post("/v1/galleries", json={"gallery_id": "g"}).status_code == 201
         for s in subjects:
             assert client.post("/v1/galleries/g/subjects", json={"subject_id": s}).status_code == 201
@@ -50,7 +46,7 @@ def test_acknowledged_enrolments_survive_kill_9(triton, img, tmp_path) -> None:
     def enrol(i: int) -> None:
         subject = subjects[i % len(subjects)]
         try:
-            with api(gateway) as client:
+            with gateway.client(KEY) as client:
                 r = client.post(f"/v1/galleries/g/subjects/{subject}/faces", files={"image": photos[i % 4]})
         except httpx.TransportError:
             return  # in flight when the process died: not acknowledged
@@ -69,7 +65,7 @@ def test_acknowledged_enrolments_survive_kill_9(triton, img, tmp_path) -> None:
 
     restarted = gateway_process(tmp_path, triton.grpc_url)  # same data dir: the same Lite file
     try:
-        with api(restarted) as client:
+        with restarted.client(KEY) as client:
             stored = {(s, f["face_id"]) for s in subjects
                       for f in client.get(f"/v1/galleries/g/subjects/{s}/faces").json()["items"]}
             assert set(acknowledged) <= stored, f"lost: {set(acknowledged) - stored}"
@@ -84,7 +80,7 @@ def test_acknowledged_enrolments_survive_kill_9(triton, img, tmp_path) -> None:
 
 def test_sigterm_lets_in_flight_requests_finish(triton, img, tmp_path) -> None:
     gateway = gateway_process(tmp_path, triton.grpc_url, entry="module")
-    with api(gateway) as client:
+    with gateway.client(KEY) as client:
         client.post("/v1/galleries", json={"gallery_id": "g"})
         client.post("/v1/galleries/g/subjects", json={"subject_id": "s"})
         files = [("image", img.photo(name)) for name in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")]
@@ -100,7 +96,7 @@ def test_sigterm_lets_in_flight_requests_finish(triton, img, tmp_path) -> None:
     assert gateway.proc.wait(30) in (0, -signal.SIGTERM)
     restarted = gateway_process(tmp_path, triton.grpc_url)
     try:
-        with api(restarted) as client:
+        with restarted.client(KEY) as client:
             assert client.get("/v1/galleries/g/subjects/s/faces").json()["total"] == 4
     finally:
         restarted.proc.terminate()

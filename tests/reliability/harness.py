@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from facestack.triton.launcher import free_port
 from gateway import process
 from gateway.auth import hash_key, new_key
@@ -83,11 +81,8 @@ def alive(pid: int) -> bool:
 # ---- the gateway as a process ---------------------------------------------------------------------
 
 class GatewayProcess(process.GatewayProcess):
-    """gateway.process.GatewayProcess with the tests' probes: a client and the process's RSS and open files.
+    """gateway.process.GatewayProcess with the tests' /proc probes: the process's RSS and open files.
     The keys file is the third argument, as the reliability tests pass it."""
-
-    def client(self, key: str | None = None, timeout: float = 60.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"X-API-Key": key} if key else {}, timeout=timeout)
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
