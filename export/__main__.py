@@ -65,9 +65,32 @@ def thresholds(model: str) -> dict:
     return json.loads(THRESHOLDS_FILE.read_text()).get(model, {})
 
 
+def calibration_fields(model: str) -> dict:
+    """The manifest's share of export/thresholds.json: 1:1 (FMR) and 1:N (FPIR by gallery size) operating points."""
+    calibrated = thresholds(model)
+    fields = {"thresholds": calibrated.get("operating_points", {}),
+              "default_operating_point": calibrated.get("default_operating_point")}
+    if "identify_operating_points" in calibrated:
+        fields.update({"fmr_ladder": calibrated.get("fmr_ladder", []),
+                       "identify_thresholds": calibrated["identify_operating_points"],
+                       "default_identify_operating_point": calibrated.get("default_identify_operating_point")})
+    return fields
+
+
+def refresh_calibration(repository: Path, spec: ModelExport) -> bool:
+    """Bring a current export's manifest up to date with export/thresholds.json (no re-export); True if changed."""
+    path = version_dir(repository, spec.model) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    fields = calibration_fields(spec.model)
+    if all(manifest.get(k) == v for k, v in fields.items()):
+        return False
+    manifest.update(fields)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return True
+
+
 def build_manifest(spec: ModelExport, facts: dict, onnx_path: Path) -> dict:
     a = spec.artifact
-    calibrated = thresholds(spec.model)
     return {
         "name": spec.model,
         "family": spec.family,
@@ -77,8 +100,7 @@ def build_manifest(spec: ModelExport, facts: dict, onnx_path: Path) -> dict:
         "exporter": {"module": f"export/{spec.module}.py", "sha256": exporter_sha256(spec)},
         "output": {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "bytes": onnx_path.stat().st_size},
         **facts,
-        "thresholds": calibrated.get("operating_points", {}),
-        "default_operating_point": calibrated.get("default_operating_point"),
+        **calibration_fields(spec.model),
     }
 
 
@@ -111,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
     selected = [m for m in MODELS if not args.only or m.model in args.only]
     todo = [m for m in selected if not (args.if_missing and is_current(args.repository, m))]
+    for spec in selected:
+        if spec not in todo and refresh_calibration(args.repository, spec):
+            print(f"  {spec.model}: operating points refreshed from {THRESHOLDS_FILE.name}", flush=True)
     if todo:
         print(f"==> exporting {len(todo)} model(s) from pinned registry artifacts", flush=True)
     try:

@@ -24,6 +24,7 @@ from gateway.api.common import EXTRA_SCHEMAS, Services
 from gateway.audit import AuditLog
 from gateway.auth import KeyStore
 from gateway.faces import QualityGate
+from gateway.gallery_sizes import GallerySizes
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimits, GatewayMiddleware
 from gateway.operating_points import OperatingPoints
@@ -78,8 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(
             settings=settings, triton=triton, store=store, audit=audit, metrics=metrics,
             points=OperatingPoints(Path(settings.model_repository)),
-            gate=QualityGate(settings.gateway_min_face_size, settings.gateway_min_sharpness,
-                             settings.gateway_max_pose_deg, settings.gateway_brightness_range))
+            gate=QualityGate.from_settings(settings), sizes=GallerySizes(store))
         log.info("gateway ready: triton %s, milvus %s, %d API key(s)", settings.triton_grpc_url,
                  "lite" if store.lite else store.uri, len(keys))
         try:

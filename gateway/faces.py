@@ -1,36 +1,43 @@
-"""Which face of an image a request uses, and whether it is good enough to compare or enrol."""
+"""Which face of an image a request uses, and whether it is good enough to compare or enrol.
+
+The rules themselves live in facestack.pipeline (choice: which face; quality.QualityGate: good enough), where
+the accuracy tool measures them on LFW; this module applies them to a Triton answer and words the refusals.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from facestack.pipeline import choice
+from facestack.pipeline.quality import GATE_WORDS, QualityGate
 from gateway.errors import ApiError
 from gateway.triton_client import Analysis, DetectedFace
 
+__all__ = ["Chosen", "QualityGate", "select"]
+
 
 @dataclass(frozen=True)
-class QualityGate:
-    min_face_size: float
-    min_sharpness: float
-    max_pose_deg: float
-    brightness: tuple[float, float]
+class Chosen:
+    """The face a request uses, and why that one."""
 
-    def problems(self, face: DetectedFace) -> list[str]:
-        q = face.quality
-        found = []
-        if q["sharpness"] < self.min_sharpness:
-            found.append(f"sharpness {q['sharpness']:.1f} < {self.min_sharpness:g}")
-        for angle in ("yaw", "pitch"):
-            if abs(q[angle]) > self.max_pose_deg:
-                found.append(f"|{angle}| {abs(q[angle]):.0f} deg > {self.max_pose_deg:g}")
-        lo, hi = self.brightness
-        if not lo <= q["brightness"] <= hi:
-            found.append(f"brightness {q['brightness']:.0f} outside [{lo:g}, {hi:g}]")
-        return found
+    face: DetectedFace
+    policy: str  # the multi_face policy applied
+    reason: str  # choice.WHY key
+    faces_found: int  # faces at least the minimum size
+
+    @property
+    def embedding(self) -> np.ndarray:
+        return self.face.embedding
+
+    def public(self) -> dict:
+        return {**self.face.public(), "selection": {"policy": self.policy, "reason": choice.WHY[self.reason],
+                                                   "faces_found": self.faces_found}}
 
 
-def select(analysis: Analysis, *, policy: str, gate: QualityGate, field: str) -> DetectedFace:
-    """The face to use under the multi-face policy (`largest` or `reject`), after the size and quality gates.
+def select(analysis: Analysis, *, policy: str, gate: QualityGate, field: str) -> Chosen:
+    """The face to use under the multi-face policy (`main`, `largest` or `reject`), after the size and quality gates.
 
     Faces below the minimum size are background: they neither count for `reject` nor get chosen.
     """
@@ -44,8 +51,12 @@ def select(analysis: Analysis, *, policy: str, gate: QualityGate, field: str) ->
     if policy == "reject" and len(usable) > 1:
         raise ApiError("multiple_faces", f"{field}: {len(usable)} faces found and multi_face is 'reject'",
                        field=field, faces=len(usable))
-    face = usable[0]  # largest first
-    problems = gate.problems(face)
-    if problems:
-        raise ApiError("low_quality", f"{field}: " + "; ".join(problems), field=field)
-    return face
+    rule = "largest" if policy == "reject" else policy
+    index, reason = choice.choose(np.array([f.box for f in usable]), (analysis.height, analysis.width), rule)
+    face = usable[index]
+    refusals = gate.refusals(face.quality)
+    if refusals:
+        gates = list(dict.fromkeys(r.gate for r in refusals))
+        raise ApiError("low_quality", f"{field}: " + "; ".join(GATE_WORDS[g] for g in gates) + " ("
+                       + "; ".join(r.detail for r in refusals) + ")", field=field, gates=gates)
+    return Chosen(face, policy, reason, len(usable))

@@ -58,7 +58,8 @@ def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
 Id = Annotated[str, AfterValidator(_id), Field(examples=["alice-01"])]
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_metadata)]
 Embedder = Literal["sface", "dlib"]
-MultiFace = Literal["largest", "reject"]
+# main: the largest face near the photo's centre (else the largest); largest; reject: refuse 2+ faces
+MultiFace = Literal["main", "largest", "reject"]
 
 
 class _Strict(BaseModel):
@@ -86,8 +87,10 @@ class DetectJson(DetectForm):
 class MatchOptions(_Strict):
     threshold: float | None = Field(None, description="override the operating point's threshold "
                                     "(within the model's documented bounds)")
-    operating_point: str | None = Field(None, description="a named operating point of the model, e.g. fmr_1e-3")
-    multi_face: MultiFace = "largest"
+    operating_point: str | None = Field(None, description="a named operating point of the model: fmr_1e-3 etc. "
+                                        "for verify, fpir_1e-2 etc. for identify")
+    multi_face: MultiFace = Field("main", description="which face of a photo with several: `main` (the largest "
+                                  "face near the centre, else the largest), `largest`, or `reject`")
 
 
 class VerifyForm(MatchOptions):
@@ -111,7 +114,7 @@ class IdentifyJson(IdentifyForm):
 
 
 class EnrolForm(_Strict):
-    multi_face: MultiFace = "largest"
+    multi_face: MultiFace = Field("main", description="as for verify and identify")
 
 
 class EnrolJson(EnrolForm):
@@ -147,12 +150,19 @@ class Quality(BaseModel):
     brightness: float = Field(description="mean grey level of the aligned crop, 0..255")
 
 
+class FaceSelection(BaseModel):
+    policy: str = Field(description="the multi_face policy applied")
+    reason: str = Field(examples=["the largest face near the centre of the photo"])
+    faces_found: int = Field(description="faces in the photo at least the minimum face size")
+
+
 class Face(BaseModel):
     box: list[float] = Field(description="x1, y1, x2, y2 in image pixels")
     score: float
     landmarks: list[list[float]] = Field(description="right eye, left eye, nose tip, right and left mouth "
                                          "corners (the subject's right is the image's left)")
     quality: Quality
+    selection: FaceSelection | None = Field(None, description="verify, identify, enrol: why this face was used")
 
 
 class ImageSize(BaseModel):
@@ -175,9 +185,15 @@ class ModelInfo(BaseModel):
 class OperatingPoint(BaseModel):
     name: str = Field(examples=["provisional"])
     threshold: float
-    fmr: float | None = Field(None, description="false-match rate the threshold stands for (null until calibrated)")
-    calibrated: bool
+    fmr: float | None = Field(None, description="false-match rate per comparison the threshold stands for (against "
+                              "a subject with several templates: the effective rate of the whole comparison)")
+    calibrated: bool = Field(description="false when the rate rests on extrapolation beyond the measured range or "
+                             "on a request's own threshold")
     source: str | None = None
+    fpir: float | None = Field(None, description="identify: the share of people who are not enrolled that a "
+                               "gallery of gallery_size templates would name")
+    gallery_size: int | None = Field(None, description="identify: templates the threshold was computed for (the "
+                                     "gallery's count rounded up to a calibrated size)")
 
 
 class SubjectRef(BaseModel):
@@ -211,6 +227,7 @@ class IdentifyResponse(BaseModel):
     candidates: list[Candidate]
     threshold: float
     operating_point: OperatingPoint
+    templates_searched: int = Field(description="templates in the gallery when the threshold was chosen")
     model: ModelInfo
     gallery: str
     probe_face: Face

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facestack.accuracy import calibrate, evaluate, metrics
+from facestack.accuracy import calibrate, evaluate, metrics, openset
 from facestack.accuracy.__main__ import main
 from facestack.accuracy.dataset import ImageRef, LfwFolder, Pair, PairsFormatError, format_pairs, parse_pairs
 from facestack.accuracy.embed import EmbeddingCache, ImageFaces
@@ -341,10 +341,13 @@ def test_thresholds_and_manifests_written(tmp_path: Path) -> None:
         (repo / "face_embedder" / version / "manifest.json").write_text(
             json.dumps({"name": "face_embedder", "output": {"sha256": sha}, "thresholds": {}}))
     rng = np.random.default_rng(2)
-    points = calibrate.operating_points(rng.normal(0.7, 0.1, 100), rng.normal(0, 0.1, 5000), dataset="d", date="x")
-    entry = calibrate.model_entry(points, "fmr_1e-2")
+    impostor = rng.normal(0, 0.1, 5000)
+    points = calibrate.operating_points(rng.normal(0.7, 0.1, 100), impostor, dataset="d", date="x")
+    calibration = {"operating_points": points, "identify_operating_points": openset.identify_points(),
+                   "fmr_ladder": openset.fmr_ladder(openset.ImpostorTail.fit(impostor))}
+    entry = calibrate.model_entry(calibration, "fmr_1e-2")
     with pytest.raises(ValueError):
-        calibrate.model_entry(points, "fmr_1e-3")  # 5,000 impostors cannot back FMR 1e-3
+        calibrate.model_entry(calibration, "fmr_1e-3")  # 5,000 impostors cannot back FMR 1e-3
     calibrate.write_thresholds({"face_embedder": entry}, thresholds)
     data = json.loads(thresholds.read_text())
     assert data["face_embedder"] == entry and data["face_embedder_dlib"] == {"keep": 1}
@@ -353,6 +356,8 @@ def test_thresholds_and_manifests_written(tmp_path: Path) -> None:
     assert updated == [repo / "face_embedder" / "2" / "manifest.json"]
     manifest = json.loads(updated[0].read_text())
     assert manifest["default_operating_point"] == "fmr_1e-2" and manifest["thresholds"] == points
+    assert manifest["default_identify_operating_point"] == "fpir_1e-2"
+    assert manifest["fmr_ladder"] == calibration["fmr_ladder"]
     assert json.loads((repo / "face_embedder" / "1" / "manifest.json").read_text())["thresholds"] == {}
 
 

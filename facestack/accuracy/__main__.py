@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibrate", action="store_true",
                         help="write the operating points to export/thresholds.json and the manifests")
     parser.add_argument("--default-operating-point", default=calibrate.DEFAULT_OPERATING_POINT)
-    parser.add_argument("--face", choices=embed.FACE_CHOICES, default="centre",
-                        help="which face of a multi-face image is the labelled one (default: centre)")
+    parser.add_argument("--face", choices=embed.FACE_CHOICES, default="main",
+                        help="which face of a multi-face image to use (default: main, the gateway's rule)")
     parser.add_argument("--holdout-share", type=float, default=evaluate.HOLDOUT_SHARE,
                         help="share of identities left out of the gallery as non-mated probes")
     parser.add_argument("--triton-url", help="gRPC address of a running Triton (default: start one locally)")
@@ -79,6 +79,31 @@ def summary_lines(name: str, result: dict) -> list[str]:
                  f"{ident['non_mated_probes']}: rank-1 {_pct(ident['rank']['1'])}, rank-5 {_pct(ident['rank']['5'])}, "
                  + ", ".join(f"FNIR@FPIR {k} {_pct(f['fnir'])} ({f['false_alarms_allowed']} false alarms allowed)"
                              for k, f in fnir.items() if f))
+    open_set = result.get("open_set")
+    if open_set:
+        lines.append(f"   identify, held out: gallery {open_set['gallery']}, mated {open_set['mated_probes']}, "
+                     f"non-mated {open_set['non_mated_probes']}")
+        for name, o in open_set["held_out"].items():
+            lines.append(f"     {name}: threshold {o['threshold']} (for {o['gallery_size']} templates, "
+                         f"calibrated {o['calibrated']}): unknown {_pct(o['unknown_rate'])} "
+                         f"(FPIR {o['false_positives']}/{o['non_mated_probes']}, p {o['p_value_fpir_holds']:.2f}), "
+                         f"rank-1 match {_pct(o['rank1_match'])}, wrong subject {_pct(o['wrong_subject'])}")
+    for row in (result.get("multi_template") or {}).get("all_images", []):
+        lines.append(f"   verify vs {row['k']} templates, {row['rule']}: threshold {row['threshold']:.4f}, "
+                     f"TAR {_pct(row['tar'])}, FMR {row['fmr']:.2e} ({row['false_matches']}/{row['impostor']})")
+    gates = result.get("quality_gates")
+    if gates:
+        lines.append("   gates refuse: " + ", ".join(f"{g} {r['images']} ({_pct(r['share'])})"
+                                                 for g, r in gates["refused"].items())
+                     + f"; any {gates['refused_any']['images']} ({_pct(gates['refused_any']['share'])})")
+        pairs = gates.get("dev_test_pairs")
+        if pairs:
+            lines.append(f"   DevTest at {pairs['threshold']}: genuine pairs refused {pairs['genuine_refused_any']}/"
+                         f"{pairs['genuine']}, accuracy all {_pct(pairs['accuracy_all_pairs'])}, accepted "
+                         f"{_pct(pairs['accuracy_accepted_pairs'])}")
+    for rule, c in (result.get("face_choice_rules") or {}).items():
+        lines.append(f"   face choice {rule}: DevTest accuracy {_pct(c.get('dev_test_accuracy'))}, "
+                     f"{c['images_choosing_another_face_than_centre']} images differ from centre")
     for point, entry in result["calibration"]["operating_points"].items():
         held = entry.get("heldout")
         lines.append(f"   {point}: threshold {entry['threshold']} (TAR {_pct(entry['tar'])}, "
@@ -159,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         entries = {}
         for name, result in results["embedders"].items():
             model = embed.EMBEDDER_MODELS[name]
-            entries[model] = calibrate.model_entry(result["calibration"]["operating_points"],
-                                                   args.default_operating_point)
+            entries[model] = calibrate.model_entry(result["calibration"], args.default_operating_point)
             sha = result["fingerprint"]["models"][model]["sha256"]
             updated = calibrate.update_manifests(repository, model, entries[model], sha)
             print(f"{model}: operating points written to {len(updated)} manifest(s): "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facestack.accuracy import metrics
+from facestack.accuracy import metrics, openset
 from facestack.settings import REPO_ROOT
 
 THRESHOLDS_FILE = REPO_ROOT / "export" / "thresholds.json"
@@ -69,10 +69,19 @@ def operating_points(genuine: np.ndarray, impostor: np.ndarray, *, dataset: str,
     return points
 
 
-def model_entry(points: dict[str, dict], default: str = DEFAULT_OPERATING_POINT) -> dict:
+def model_entry(calibration: dict, default: str = DEFAULT_OPERATING_POINT,
+                default_identify: str = openset.DEFAULT_IDENTIFY_POINT) -> dict:
+    """What export/thresholds.json keeps of one embedder's calibration (evaluate.calibration's result)."""
+    points, identify = calibration["operating_points"], calibration.get("identify_operating_points") or {}
     if default not in points:
         raise ValueError(f"default operating point {default!r} is not among the calibrated ones {sorted(points)}")
-    return {"default_operating_point": default, "operating_points": points}
+    entry = {"default_operating_point": default, "operating_points": points}
+    if identify:
+        if default_identify not in identify:
+            raise ValueError(f"default identify point {default_identify!r} is not among {sorted(identify)}")
+        entry.update({"fmr_ladder": calibration["fmr_ladder"], "default_identify_operating_point": default_identify,
+                      "identify_operating_points": identify})
+    return entry
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -102,6 +111,10 @@ def update_manifests(repository: Path, model: str, entry: dict, model_sha256: st
             continue
         manifest["thresholds"] = entry["operating_points"]
         manifest["default_operating_point"] = entry["default_operating_point"]
+        if "identify_operating_points" in entry:
+            manifest["fmr_ladder"] = entry["fmr_ladder"]
+            manifest["identify_thresholds"] = entry["identify_operating_points"]
+            manifest["default_identify_operating_point"] = entry["default_identify_operating_point"]
         _write_json(manifest_path, manifest)
         updated.append(manifest_path)
     return updated

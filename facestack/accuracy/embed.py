@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facestack.pipeline import choice, quality
 from facestack.settings import REPO_ROOT, get_settings
 
 EMBEDDER_MODELS = {"sface": "face_embedder", "dlib": "face_embedder_dlib"}
@@ -29,7 +30,7 @@ DETECTOR_MODEL = "face_detector"
 PIPELINE_MODEL = "face_pipeline"
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "accuracy"
 MAX_FACES = 16
-FACE_CHOICES = ("centre", "largest")
+FACE_CHOICES = choice.RULES
 
 
 @dataclass(frozen=True)
@@ -42,27 +43,18 @@ class ImageFaces:
     embeddings: np.ndarray  # [F, D]
     image_size: tuple[int, int]  # height, width
     error: str | None = None  # e.g. "invalid_image: ..." (the image could not be processed at all)
+    quality: np.ndarray | None = None  # [F, len(quality.FIELDS)]
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def choose(self, rule: str = "centre") -> int | None:
-        """Index of the face to use, or None (failure to enrol: no face found or the image failed).
-
-        `largest`: the pipeline's first face (what the gateway does). `centre`: the face whose box centre is
-        nearest the image centre, ties to the larger; LFW's labelled face is the centred one, and a larger
-        bystander in a news photograph is not the person the pair names.
-        """
+        """Index of the face to use (facestack.pipeline.choice, the gateway's rule), or None (failure to enrol:
+        no face found or the image failed). LFW's labelled face is the centred one, so `centre` is the
+        reference the other rules are measured against."""
         if self.error or len(self) == 0:
             return None
-        if rule == "largest":
-            return 0
-        if rule != "centre":
-            raise ValueError(f"unknown face choice {rule!r}; choose one of {FACE_CHOICES}")
-        height, width = self.image_size
-        centres = (self.boxes[:, :2] + self.boxes[:, 2:]) / 2
-        distance = np.hypot(centres[:, 0] - width / 2, centres[:, 1] - height / 2)
-        return int(np.lexsort((np.arange(len(self)), np.round(distance, 3)))[0])  # faces are largest first
+        return choice.choose(self.boxes, self.image_size, rule)[0]
 
     def embedding(self, rule: str = "centre") -> np.ndarray | None:
         face = self.choose(rule)
@@ -75,7 +67,8 @@ class ImageFaces:
 
         return {"faces": len(self), "image_size": list(self.image_size), "error": self.error,
                 "boxes": b64(self.boxes), "scores": b64(self.scores), "landmarks": b64(self.landmarks),
-                "embeddings": b64(self.embeddings)}
+                "embeddings": b64(self.embeddings),
+                "quality": None if self.quality is None else b64(self.quality)}
 
     @classmethod
     def from_record(cls, record: dict) -> ImageFaces:
@@ -85,7 +78,8 @@ class ImageFaces:
             return np.frombuffer(base64.b64decode(record[key]), dtype="<f4").astype(np.float32).reshape(n, *shape)
 
         return cls(arr("boxes", 4), arr("scores"), arr("landmarks", 5, 2), arr("embeddings", -1) if n else
-                   np.zeros((0, 128), np.float32), tuple(record["image_size"]), record.get("error"))
+                   np.zeros((0, 128), np.float32), tuple(record["image_size"]), record.get("error"),
+                   arr("quality", len(quality.FIELDS)) if record.get("quality") is not None else None)
 
 
 def _sha256(data: bytes) -> str:
@@ -187,7 +181,7 @@ async def _run_requests(url: str, jobs: list[tuple[str, Path, bytes]], embedder:
                                            (0, 0), message))
                 continue
             done(sha, path, ImageFaces(result.boxes, result.scores, result.landmarks, result.embeddings,
-                                       result.image_size))
+                                       result.image_size, quality=result.quality))
 
     try:
         await asyncio.gather(*(worker() for _ in range(concurrency)))

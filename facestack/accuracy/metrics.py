@@ -86,14 +86,16 @@ def _short_above(lo: float, hi: float) -> float:
     return (lo + hi) / 2
 
 
-def threshold_at_fmr(impostor_scores: Sequence[float], fmr: float) -> tuple[float, int]:
+def threshold_at_fmr(impostor_scores: Sequence[float], fmr: float, *, descending: bool = False) -> tuple[float, int]:
     """(threshold, false matches) for the most permissive threshold whose false-match rate is <= fmr.
 
     At most k = floor(fmr * n) impostor scores may reach the threshold, so it lies strictly above the (k+1)-th
     highest impostor score: the shortest decimal above it, within THRESHOLD_SLACK and below the next higher
     impostor score. Ties at the boundary are all rejected.
     """
-    s = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
+    # `descending`: the scores are already sorted high to low (callers asking for many FMRs sort once)
+    s = np.asarray(impostor_scores, dtype=np.float64) if descending else \
+        np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
     n = len(s)
     if n == 0:
         raise ValueError("no impostor scores")
@@ -104,7 +106,7 @@ def threshold_at_fmr(impostor_scores: Sequence[float], fmr: float) -> tuple[floa
     higher = s[:k][s[:k] > boundary]
     upper = min(float(higher[-1]), boundary + THRESHOLD_SLACK) if len(higher) else boundary + THRESHOLD_SLACK
     threshold = _short_above(boundary, upper)
-    return threshold, int((s >= threshold).sum())
+    return threshold, int(np.searchsorted(-s, -threshold, side="right"))
 
 
 def tar_at_far(scores: Sequence[float], labels: Sequence[bool], far: float) -> dict:

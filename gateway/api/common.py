@@ -13,6 +13,7 @@ from facestack.settings import Settings
 from gateway.audit import AuditLog
 from gateway.errors import CODES, PROBLEM_JSON
 from gateway.faces import QualityGate
+from gateway.gallery_sizes import GallerySizes
 from gateway.metrics import Metrics
 from gateway.operating_points import OperatingPoints
 from gateway.schemas import Problem
@@ -29,6 +30,7 @@ class Services:
     metrics: Metrics
     points: OperatingPoints
     gate: QualityGate
+    sizes: GallerySizes
 
 
 def services(request: Request) -> Services:

@@ -212,6 +212,7 @@ async def enrol(gallery_id: str, subject_id: str, request: Request,
     face_ids, _ = await svc.store.add_templates(tenant, gallery_id, subject_id, model, version,
                                                 np.stack([f.embedding for f in faces]),
                                                 svc.settings.gateway_max_faces_per_subject)
+    svc.sizes.forget(tenant, gallery_id)  # identify's threshold depends on the gallery's size
     for analysis in analyses:
         svc.metrics.faces.labels("enrol").observe(len(analysis.faces))
     svc.audit.write("enrol", tenant=tenant, key_id=principal.key_id, gallery=gallery_id, subject=subject_id,

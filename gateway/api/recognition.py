@@ -69,8 +69,9 @@ async def detect(request: Request, principal: VerifyKey) -> dict:
 
 @router.post("/verify", response_model=VerifyResponse, summary="1:1: is the probe the same person?",
              description="Against a second image (`reference`) or an enrolled subject (`gallery` + `subject_id`; "
-                         "its templates are fetched by key and the best similarity counts). `match` is "
-                         "`similarity >= threshold`.",
+                         "its templates are fetched by key and the best similarity counts, against a threshold "
+                         "raised so that the best of k comparisons keeps the operating point's false-match rate). "
+                         "`match` is `similarity >= threshold`.",
              responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict"),
              openapi_extra=image_body(VerifyForm, VerifyJson, {"probe": "the face to check",
                                                                "reference": "optional: a second photo"},
@@ -92,13 +93,14 @@ async def verify(request: Request, principal: VerifyKey) -> dict:
             raise ApiError("validation_error", f"gallery {options.gallery!r} holds {gallery['embedder']} templates")
         (probe,) = await analyze_all(request, [("probe", images["probe"][0])], gallery["embedder"])
         face = select(probe, policy=policy, gate=gate, field="probe")
-        decision = svc.points.decide(probe.model, probe.version, name=options.operating_point,
-                                     threshold=options.threshold)
         templates = await svc.store.subject_templates(principal.tenant, options.gallery, options.subject_id,
                                                       probe.model, probe.version)
         if templates.size == 0:
             raise ApiError("conflict", f"subject {options.subject_id!r} has no enrolled faces for "
                            f"{probe.model}:{probe.version}", subject_id=options.subject_id)
+        # best of k templates: the threshold keeps the point's FMR for the whole comparison (docs/accuracy.md)
+        decision = svc.points.decide(probe.model, probe.version, name=options.operating_point,
+                                     threshold=options.threshold, templates=len(templates))
         score = float(np.clip((templates @ face.embedding).max(), -1.0, 1.0))
         subject = {"gallery": options.gallery, "subject_id": options.subject_id, "templates_compared": len(templates)}
     else:
@@ -129,7 +131,11 @@ async def verify(request: Request, principal: VerifyKey) -> dict:
 
 @router.post("/identify", response_model=IdentifyResponse, summary="1:N: who in the gallery is this?",
              description="Open set: `decision` is `match` (with `subject_id`) when the best candidate's similarity "
-                         "reaches the threshold, else `unknown`. Candidates are distinct subjects, best first.",
+                         "reaches the threshold, else `unknown`. The threshold holds the operating point's "
+                         "false-positive identification rate (FPIR: the share of people who are not enrolled that "
+                         "get named) for a gallery of this size: it rises as the gallery grows. Candidates are "
+                         "distinct subjects, best first; a key with only the verify scope sees only candidates at "
+                         "or above the threshold, so probing cannot list a gallery.",
              responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found"),
              openapi_extra=image_body(IdentifyForm, IdentifyJson, {"probe": "the face to identify"},
                                       {"probe": _B64, "gallery": "staff", "top_k": 5}))
@@ -137,24 +143,28 @@ async def identify(request: Request, principal: VerifyKey) -> dict:
     svc = services(request)
     options, images = await read_images(request, IdentifyForm, IdentifyJson, {"probe": "required"})
     gallery = await svc.store.get_gallery(principal.tenant, options.gallery)
-    (probe,) = await analyze_all(request, [("probe", images["probe"][0])], gallery["embedder"])
+    (probe,), templates = await asyncio.gather(
+        analyze_all(request, [("probe", images["probe"][0])], gallery["embedder"]),
+        svc.sizes.templates(principal.tenant, options.gallery))
     face = select(probe, policy=options.multi_face, gate=svc.gate, field="probe")
-    decision = svc.points.decide(probe.model, probe.version, name=options.operating_point, threshold=options.threshold)
+    decision = svc.points.decide_identify(probe.model, probe.version, templates, name=options.operating_point,
+                                          threshold=options.threshold)
     hits = await svc.store.search(principal.tenant, options.gallery, probe.model, probe.version, face.embedding,
                                   options.top_k, svc.settings.gateway_max_faces_per_subject)
     best = hits[0] if hits else None
     outcome = "match" if best is not None and best.similarity >= decision.threshold else "unknown"
+    sees_all = principal.allows("enrol")  # verify-only keys see no near misses: a probe cannot list the gallery
+    shown = hits if sees_all else [h for h in hits if h.similarity >= decision.threshold]
     svc.metrics.decisions.labels("identify", outcome).inc()
     svc.audit.write("identify", tenant=principal.tenant, key_id=principal.key_id, gallery=options.gallery,
                     subject=best.subject if outcome == "match" else None,
                     similarity=round(best.similarity, 6) if best else None, threshold=decision.threshold,
-                    operating_point=decision.name, decision=outcome, model=f"{probe.model}:{probe.version}",
-                    request_id=request_id(request))
+                    operating_point=decision.name, fpir=decision.fpir, templates=templates, decision=outcome,
+                    model=f"{probe.model}:{probe.version}", request_id=request_id(request))
     return {"decision": outcome, "subject_id": best.subject if outcome == "match" else None,
-            "similarity": round(best.similarity, 6) if best else None,
+            "similarity": round(best.similarity, 6) if best and (sees_all or outcome == "match") else None,
             "candidates": [{"subject_id": h.subject, "similarity": round(h.similarity, 6), "face_id": h.face_id}
-                           for h in hits],
-            "threshold": decision.threshold, "operating_point": decision.as_dict(),
+                           for h in shown],
+            "threshold": decision.threshold, "operating_point": decision.as_dict(), "templates_searched": templates,
             "model": {"embedder": embedder_name(probe.model), "name": probe.model, "version": probe.version},
             "gallery": options.gallery, "probe_face": face.public(), "request_id": request_id(request)}
-

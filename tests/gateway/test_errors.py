@@ -119,10 +119,10 @@ def test_code_face_too_small(acme, img, problem) -> None:
 def test_code_low_quality_blur_and_darkness(acme, img, problem) -> None:
     blur = problem(acme.post("/v1/verify", files={"probe": img.blurred(), "reference": img.photo("obama.jpg")}),
                    422, "low_quality")
-    assert "sharpness" in blur["detail"]
+    assert "sharpness" in blur["detail"] and blur["gates"] == ["sharpness"]
     dark = problem(acme.post("/v1/verify", files={"probe": img.dark(), "reference": img.photo("obama.jpg")}),
                    422, "low_quality")
-    assert "brightness" in dark["detail"]
+    assert "brightness" in dark["detail"] and "brightness" in dark["gates"]
 
 
 def test_code_validation_error(acme, img, problem, uid) -> None:

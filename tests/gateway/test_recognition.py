@@ -85,6 +85,12 @@ def test_verify_against_enrolled_subject_fetches_templates(acme, img, make_galle
     body = r.json()
     assert body["match"] is True
     assert body["subject"] == {"gallery": gallery, "subject_id": "obama", "templates_compared": 2}
+    # best of 2 templates: a stricter threshold keeps the point's FMR for the whole comparison
+    one_to_one = acme.post("/v1/verify", files={"probe": img.photo("obama2.jpg"),
+                                                "reference": img.photo("obama.jpg")}).json()
+    assert body["threshold"] > one_to_one["threshold"]
+    assert body["operating_point"]["name"] == one_to_one["operating_point"]["name"]
+    assert body["operating_point"]["fmr"] == one_to_one["operating_point"]["fmr"]
     impostor = acme.post("/v1/verify", json={"probe": b64(img.photo("biden.jpg")), "gallery": gallery,
                                              "subject_id": "obama"}).json()
     assert impostor["match"] is False
@@ -98,6 +104,11 @@ def test_identify_open_set(acme, img, make_gallery) -> None:
     assert body["decision"] == "match" and body["subject_id"] == "obama"
     assert [c["subject_id"] for c in body["candidates"]] == ["obama", "biden"]  # distinct subjects, best first
     assert body["similarity"] == body["candidates"][0]["similarity"] >= body["threshold"]
+    # the threshold is identify's: an FPIR point computed for this gallery's 3 templates
+    point = body["operating_point"]
+    assert point["name"] == "fpir_1e-2" and point["fpir"] == 0.01 and point["gallery_size"] == 3
+    assert body["templates_searched"] == 3 and point["calibrated"] is True
+    assert body["probe_face"]["selection"] == {"policy": "main", "reason": "the only face", "faces_found": 1}
 
     only_biden = make_gallery({"biden": ["biden.jpg"]})
     miss = acme.post("/v1/identify", json={"probe": b64(img.photo("obama2.jpg")), "gallery": only_biden}).json()
@@ -106,6 +117,23 @@ def test_identify_open_set(acme, img, make_gallery) -> None:
 
     top1 = acme.post("/v1/identify", files={"probe": img.photo("obama2.jpg")}, data={"gallery": gallery, "top_k": 1})
     assert len(top1.json()["candidates"]) == 1
+
+
+def test_identify_threshold_grows_with_the_gallery(acme, img, make_gallery, problem) -> None:
+    small = make_gallery({"obama": ["obama.jpg"]})
+    large = make_gallery({"obama": ["obama.jpg"], "biden": ["biden.jpg"], "o2": ["obama3.jpg"],
+                          "o4": ["obama.jpg"]})
+    a = acme.post("/v1/identify", files={"probe": img.photo("obama2.jpg")}, data={"gallery": small}).json()
+    b = acme.post("/v1/identify", files={"probe": img.photo("obama2.jpg")}, data={"gallery": large}).json()
+    assert a["operating_point"]["gallery_size"] == 1 and b["operating_point"]["gallery_size"] == 4
+    assert a["threshold"] < b["threshold"]
+    strict = acme.post("/v1/identify", files={"probe": img.photo("obama2.jpg")},
+                       data={"gallery": large, "operating_point": "fpir_1e-3"}).json()
+    assert strict["threshold"] > b["threshold"] and strict["operating_point"]["fpir"] == 0.001
+    # a 1:1 point is per comparison: identify refuses it rather than misstate its false-positive rate
+    body = problem(acme.post("/v1/identify", files={"probe": img.photo("obama2.jpg")},
+                             data={"gallery": large, "operating_point": "fmr_1e-3"}), 422, "validation_error")
+    assert "1:1" in body["detail"]
 
 
 def test_identify_on_an_empty_gallery_is_unknown(acme, img, make_gallery) -> None:
@@ -122,12 +150,23 @@ def test_dlib_gallery_uses_its_own_collection(acme, img, make_gallery) -> None:
     assert [f["model"] for f in faces] == ["face_embedder_dlib:1"]
 
 
-def test_multi_face_policy_largest_picks_the_largest(acme, img) -> None:
+def test_multi_face_policies(acme, img) -> None:
     detect = acme.post("/v1/detect", files={"image": img.photo("sample1.jpg")}).json()
-    r = acme.post("/v1/verify", files={"probe": img.photo("sample1.jpg"), "reference": img.photo("sample1.jpg")})
+    files = {"probe": img.photo("sample1.jpg"), "reference": img.photo("sample1.jpg")}
+    r = acme.post("/v1/verify", files=files, data={"multi_face": "largest"})
     assert r.status_code == 200
     assert r.json()["probe_face"]["box"] == detect["faces"][0]["box"]
+    assert r.json()["probe_face"]["selection"]["reason"] == "the largest face"
     assert r.json()["similarity"] == pytest.approx(1.0, abs=1e-4)
+    # the default: the largest face near the centre of the photo, and the answer says so
+    main = acme.post("/v1/verify", files=files).json()
+    width, height = detect["image"]["width"], detect["image"]["height"]
+    x1, y1, x2, y2 = main["probe_face"]["box"]
+    assert abs((x1 + x2) / 2 - width / 2) <= width / 4 and abs((y1 + y2) / 2 - height / 2) <= height / 4
+    selection = main["probe_face"]["selection"]
+    assert selection["policy"] == "main" and selection["faces_found"] > 1
+    assert selection["reason"] in ("the largest face near the centre of the photo",
+                                   "the largest face (no face near the centre of the photo)")
 
 
 def test_openapi_documents_both_encodings(gw) -> None:

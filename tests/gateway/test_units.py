@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from export.artifacts import REPO_ROOT
+from facestack.accuracy import openset
 from facestack.settings import Settings
 from gateway import local
 from gateway.app import create_app
@@ -184,6 +185,33 @@ def test_operating_points_fall_back_to_the_committed_thresholds(tmp_path) -> Non
     with pytest.raises(ApiError) as err:
         points.decide("some_other_model", "3")
     assert err.value.code == "backend_unavailable"
+
+
+def test_identify_thresholds_follow_the_gallery_size() -> None:
+    """The committed calibration: identify's threshold for N templates keeps the stated FPIR by the FPIR model;
+    a 1:1 point is refused for identify; a best-of-k verify gets a stricter threshold at the same FMR."""
+    points = OperatingPoints(Path("/nonexistent"))  # the committed export/thresholds.json
+    committed = json.loads((REPO_ROOT / "export" / "thresholds.json").read_text())["face_embedder"]
+    ladder = committed["fmr_ladder"]
+    sizes = (1, 10, 1000, 100_000, 10**9)
+    decisions = [points.decide_identify("face_embedder", "1", n) for n in sizes]
+    assert [d.threshold for d in decisions] == sorted(d.threshold for d in decisions)
+    assert all(d.name == "fpir_1e-2" and d.fpir == 0.01 for d in decisions)
+    for n, d in zip(sizes, decisions, strict=True):
+        assert d.gallery_size == n
+        assert openset.fpir_for(d.fmr, n) == pytest.approx(0.01)
+    # one template: exactly the ladder's threshold at FMR 1e-2, which is the 1:1 point's
+    assert decisions[0].threshold == committed["operating_points"]["fmr_1e-2"]["threshold"]
+    assert decisions[2].calibrated and not decisions[-1].calibrated  # 1e9 templates: beyond what LFW resolves
+    strict = points.decide_identify("face_embedder", "1", 1000, name="fpir_1e-3")
+    assert strict.threshold > decisions[2].threshold
+    with pytest.raises(ApiError) as err:
+        points.decide_identify("face_embedder", "1", 1000, name="fmr_1e-3")
+    assert err.value.code == "validation_error" and "1:1" in err.value.detail
+    one = points.decide("face_embedder", "1")
+    three = points.decide("face_embedder", "1", templates=3)
+    assert three.fmr == one.fmr and three.threshold > one.threshold
+    assert three.threshold == openset.threshold_at(ladder, openset.fmr_for(one.fmr, 3))[0]
 
 
 def test_backend_time_counts_overlapping_calls_once() -> None:
