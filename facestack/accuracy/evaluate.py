@@ -363,9 +363,11 @@ def face_choice(folder: LfwFolder, faces: Mapping[ImageRef, ImageFaces]) -> dict
     for rule in choice.RULES:
         differs = sum(1 for r in refs if len(faces[r]) > 1 and faces[r].choose(rule) != faces[r].choose("centre"))
         entry: dict = {"images_choosing_another_face_than_centre": differs}
-        if folder.dev_train is not None and folder.dev_test is not None:
-            v1 = view1(folder, faces, rule)
-            entry.update({"dev_test_accuracy": v1["dev_test_accuracy"], "threshold": v1["threshold"],
-                          "dev_test_auc": v1["dev_test"]["auc"]})
+        if folder.dev_train is not None and folder.dev_test is not None:  # View 1's protocol, pairs only
+            tr_scores, tr_labels, _ = pair_scores(folder.dev_train.pairs, faces, rule)
+            te_scores, te_labels, _ = pair_scores(folder.dev_test.pairs, faces, rule)
+            threshold, _ = metrics.best_accuracy_threshold(tr_scores, tr_labels)
+            entry.update({"dev_test_accuracy": metrics.accuracy(te_scores, te_labels, threshold),
+                          "threshold": threshold, "dev_test_auc": metrics.roc_auc(te_scores, te_labels)})
         out[rule] = entry
     return out
