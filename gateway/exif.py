@@ -7,7 +7,8 @@ its side and gave `no_face`.
 - `orient(pixels, orientation)`: pixels as stored -> as meant to be seen (numpy only; the Triton
   pipeline can call it after cv2.imdecode for the formats that decoder does not orient:
   `if fmt not in DECODER_ORIENTS: image = orient(image, orientation_of(data))`).
-- `orientation_of(data)` / `orientation(im)`: the tag, from the header only (Pillow does not decode pixels).
+- `orientation_of(data)` / `orientation(im)`: the tag (Pillow reads it from the header of JPEG and WebP
+  without decoding pixels; for PNG its getexif() decodes the whole image, so the gateway asks only WebP).
 - `upright(image)`: what the gateway does today, before Triton: a WebP with an orientation other than 1
   is decoded, turned upright and re-encoded (JPEG quality 95, no EXIF); every other image passes
   untouched. Once the pipeline orients WebP itself, this step becomes a no-op to remove.

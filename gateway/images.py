@@ -59,7 +59,8 @@ def admit(data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=[_SUPPORTED[fmt]]) as im:
                 width, height = im.size
-                rotation = exif.orientation(im)
+                # Only where Triton's decoder ignores it (WebP): Pillow's PNG getexif() decodes every pixel.
+                rotation = exif.orientation(im) if fmt not in exif.DECODER_ORIENTS else 1
     except Image.DecompressionBombError:
         raise ApiError("image_too_large", f"{field}: too many pixels", field=field) from None
     except Exception:  # any header Pillow cannot parse is the client's bad bytes, never a 500
