@@ -43,6 +43,7 @@ router = APIRouter(prefix="/v1/galleries", tags=["galleries"])
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=MAX_QUERY_WINDOW - 1000, description="items to skip")]
 _STORE = ("backend_unavailable", "timeout")
+_WRITE = ("idempotency_conflict", "audit_unavailable")  # every write: Idempotency-Key, the audit line first
 
 
 def _gallery(row: dict) -> dict:
@@ -82,7 +83,7 @@ def _announce(request: Request, principal: Principal, operation: str, gallery: s
 # ---- galleries ------------------------------------------------------------------------------------
 
 @router.post("", status_code=201, response_model=Gallery, summary="Create a gallery",
-             responses=problems("forbidden", "conflict", *_STORE))
+             responses=problems("forbidden", "conflict", *_STORE, *_WRITE))
 async def create_gallery(body: GalleryCreate, request: Request, response: Response,
                          principal: AdminKey) -> dict | Response:
     svc = services(request)
@@ -118,7 +119,7 @@ async def get_gallery(gallery_id: str, request: Request, principal: EnrolKey) ->
 
 
 @router.delete("/{gallery_id}", response_model=ErasureReceipt, summary="Erase a gallery, its subjects and templates",
-               responses=problems("forbidden", "gallery_not_found", *_STORE))
+               responses=problems("forbidden", "gallery_not_found", *_STORE, *_WRITE))
 async def delete_gallery(gallery_id: str, request: Request, principal: AdminKey) -> dict | Response:
     check_id(gallery_id, "gallery_id")
     async with idempotency.claim(request, principal.tenant) as claim:
@@ -135,7 +136,7 @@ async def delete_gallery(gallery_id: str, request: Request, principal: AdminKey)
 # ---- subjects -------------------------------------------------------------------------------------
 
 @router.post("/{gallery_id}/subjects", status_code=201, response_model=Subject, summary="Create a subject",
-             responses=problems("forbidden", "gallery_not_found", "conflict", *_STORE))
+             responses=problems("forbidden", "gallery_not_found", "conflict", *_STORE, *_WRITE))
 async def create_subject(gallery_id: str, body: SubjectCreate, request: Request, response: Response,
                          principal: EnrolKey) -> dict | Response:
     svc = services(request)
@@ -176,7 +177,7 @@ async def get_subject(gallery_id: str, subject_id: str, request: Request,
 
 
 @router.patch("/{gallery_id}/subjects/{subject_id}", response_model=Subject, summary="Change name or metadata",
-              responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE))
+              responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE, *_WRITE))
 async def patch_subject(gallery_id: str, subject_id: str, body: SubjectPatch, request: Request,
                         principal: EnrolKey) -> dict | Response:
     svc = services(request)
@@ -202,7 +203,7 @@ async def patch_subject(gallery_id: str, subject_id: str, body: SubjectPatch, re
 
 @router.delete("/{gallery_id}/subjects/{subject_id}", response_model=ErasureReceipt,
                summary="Erase a subject and all its templates",
-               responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE))
+               responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE, *_WRITE))
 async def delete_subject(gallery_id: str, subject_id: str, request: Request,
                          principal: EnrolKey) -> dict | Response:
     check_id(gallery_id, "gallery_id")
@@ -224,7 +225,8 @@ async def delete_subject(gallery_id: str, subject_id: str, request: Request,
              summary="Enrol one or many face images (all or nothing)",
              description="Each image contributes its face (multi_face policy) as one template. If any image fails "
                          "(no face, low quality...), nothing is enrolled and `errors` lists every failing image.",
-             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict"),
+             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict",
+                                *_WRITE),
              openapi_extra=image_body(EnrolForm, EnrolJson, {"image": "one or more photos (repeat the part)"},
                                       {"image": [{"image_base64": "/9j/4AAQ..."}], "multi_face": "largest"}))
 async def enrol(gallery_id: str, subject_id: str, request: Request,
@@ -293,7 +295,8 @@ async def list_faces(gallery_id: str, subject_id: str, request: Request, princip
 
 @router.delete("/{gallery_id}/subjects/{subject_id}/faces/{face_id}", response_model=ErasureReceipt,
                summary="Erase one face template",
-               responses=problems("forbidden", "gallery_not_found", "subject_not_found", "face_not_found", *_STORE))
+               responses=problems("forbidden", "gallery_not_found", "subject_not_found", "face_not_found", *_STORE,
+                                  *_WRITE))
 async def delete_face(gallery_id: str, subject_id: str, face_id: str, request: Request,
                       principal: EnrolKey) -> dict | Response:
     for value, what in ((gallery_id, "gallery_id"), (subject_id, "subject_id"), (face_id, "face_id")):
