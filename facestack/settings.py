@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     gateway_max_faces_per_subject: int = 32
     gateway_shutdown_timeout_s: float = 30.0
     gateway_host: str = "0.0.0.0"  # `python -m gateway` (containers); `make run` always binds 127.0.0.1
+    gateway_keys_reload_s: float = 2.0  # the keys file is re-read this often when it changed; 0 = never
+    gateway_milvus_queue: int = 32  # Milvus calls waiting for one of the workers; beyond it: 503 + Retry-After
+    gateway_idempotency_ttl_s: int = 86400  # how long an Idempotency-Key's answer is kept and replayed
 
 
 @lru_cache

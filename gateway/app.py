@@ -22,9 +22,10 @@ from gateway import errors
 from gateway.api import galleries, health, recognition
 from gateway.api.common import EXTRA_SCHEMAS, Services
 from gateway.audit import AuditLog
-from gateway.auth import KeyStore
+from gateway.auth import LiveKeys, check_env_key
 from gateway.faces import QualityGate
 from gateway.gallery_sizes import GallerySizes
+from gateway.idempotency import Idempotency
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimits, GatewayMiddleware
 from gateway.operating_points import OperatingPoints
@@ -60,8 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        keys = KeyStore.load(api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-                             keys_file=settings.api_keys_file)
+        env_key = settings.api_key.get_secret_value() if settings.api_key else None
+        if env_key:
+            check_env_key(env_key)
+        keys = LiveKeys(api_key=env_key, keys_file=settings.api_keys_file,
+                        check_interval=settings.gateway_keys_reload_s)
         if not len(keys):
             raise RuntimeError("no API keys configured: set FACESTACK_API_KEY or FACESTACK_API_KEYS_FILE")
         triton = TritonPipeline(settings.triton_grpc_url, timeout=settings.gateway_triton_timeout_s,
@@ -70,11 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 backend_retry_after=settings.gateway_backend_retry_after_s, metrics=metrics)
         store = Store(milvus_uri(settings), settings.milvus_token.get_secret_value(),
                       timeout=settings.gateway_milvus_timeout_s, workers=settings.gateway_milvus_workers,
-                      metrics=metrics, retry_after=settings.gateway_backend_retry_after_s)
+                      metrics=metrics, retry_after=settings.gateway_backend_retry_after_s,
+                      queue=settings.gateway_milvus_queue)
         await triton.start()
         await store.start()
-        audit = AuditLog(audit_target(settings))
+        audit = AuditLog(audit_target(settings), retry_after=settings.gateway_backend_retry_after_s)
         app.state.keys = keys
+        app.state.idempotency = Idempotency(store, settings.gateway_idempotency_ttl_s)
         app.state.settings = settings
         app.state.services = Services(
             settings=settings, triton=triton, store=store, audit=audit, metrics=metrics,

@@ -2,7 +2,13 @@
 
 Keys come from FACESTACK_API_KEYS_FILE (JSON, e.g. a mounted Kubernetes Secret) and/or FACESTACK_API_KEY
 (one all-scopes key for tenant "default"). Keys are 256-bit random tokens, so a plain SHA-256 is the
-right hash (a slow password hash protects guessable secrets; these are not guessable).
+right hash (a slow password hash protects guessable secrets; these are not guessable). FACESTACK_API_KEY
+must look like one: the gateway refuses to start with a short or low-entropy value (`weak_key_reason`).
+
+The keys file is re-read when it changes (checked at most every FACESTACK_GATEWAY_KEYS_RELOAD_S seconds,
+when a request arrives): a Kubernetes Secret mounted as a volume is updated in place, so a revoked key
+stops working and a new one starts working without a restart. A file that fails to parse is logged and the
+previous keys stay in force.
 
     python -m gateway.auth new --tenant acme --scopes verify,enrol   # mint a key and its file record
 """
@@ -12,8 +18,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
+import math
+import os
 import secrets
 import sys
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +35,11 @@ from fastapi import Depends, Request
 from gateway.errors import ApiError
 from gateway.schemas import ID_RULE, valid_id
 
+log = logging.getLogger("gateway")
 SCOPES = ("verify", "enrol", "admin")  # admin implies the others
 DEFAULT_TENANT = "default"
+MIN_KEY_LENGTH = 32
+MIN_KEY_BITS = 96  # estimated from the key's own characters: 32 random hex digits give ~120
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,24 @@ def new_key() -> str:
 
 class KeyConfigError(ValueError):
     pass
+
+
+def weak_key_reason(key: str) -> str | None:
+    """Why `key` is too weak to be an all-scopes API key (too short, or too few bits of entropy by the
+    Shannon estimate of its own characters: repeats and small alphabets score low), else None."""
+    if len(key) < MIN_KEY_LENGTH:
+        return f"it has {len(key)} characters; at least {MIN_KEY_LENGTH} are required"
+    bits = -sum(n * math.log2(n / len(key)) for n in Counter(key).values())
+    if bits < MIN_KEY_BITS:
+        return f"its characters carry about {bits:.0f} bits of entropy; at least {MIN_KEY_BITS} are required"
+    return None
+
+
+def check_env_key(key: str) -> None:
+    """Refuse a weak FACESTACK_API_KEY at start-up, saying how to make a good one."""
+    if reason := weak_key_reason(key):
+        raise KeyConfigError(f"FACESTACK_API_KEY is too weak: {reason}. Use a random key, e.g. "
+                             "`python -m gateway.auth new --tenant default` or `openssl rand -base64 32`")
 
 
 class KeyStore:
@@ -93,6 +125,53 @@ class KeyStore:
         if api_key:
             store.add(hash_key(api_key), Principal("env", DEFAULT_TENANT, frozenset(SCOPES)))
         return store
+
+
+class LiveKeys:
+    """KeyStore.load(api_key, keys_file), loaded again when the file changes (its inode, size or mtime: a
+    mounted Secret is swapped through a symlink, an edited file changes in place)."""
+
+    def __init__(self, *, api_key: str | None, keys_file: Path | None, check_interval: float) -> None:
+        self._api_key = api_key
+        self._file = keys_file
+        self._interval = check_interval
+        self._stamp = self._file_stamp()
+        self._store = KeyStore.load(api_key=api_key, keys_file=keys_file)
+        self._checked = time.monotonic()
+
+    def _file_stamp(self) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(self._file) if self._file is not None else None
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if st is not None else None
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def lookup(self, key: str) -> Principal | None:
+        self.refresh()
+        return self._store.lookup(key)
+
+    def refresh(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._file is None or not force and (self._interval <= 0 or now - self._checked < self._interval):
+            return
+        self._checked = now
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp  # a broken file is reported once, and read again when it changes again
+        try:
+            store = KeyStore.load(api_key=self._api_key, keys_file=self._file)
+        except KeyConfigError as exc:
+            log.error("API keys file changed but cannot be used; the previous keys stay in force: %s", exc)
+            return
+        if not len(store):
+            log.error("API keys file changed and holds no keys; the previous keys stay in force")
+            return
+        self._store = store
+        log.info("API keys reloaded from %s: %d key(s)", self._file, len(store))
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:

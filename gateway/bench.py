@@ -38,11 +38,12 @@ from export.artifacts import photo_bytes
 from facestack.settings import REPO_ROOT
 from facestack.triton.client import MODEL, build_request, parse_result
 from facestack.triton.launcher import TritonServer
+from gateway.auth import new_key
 from gateway.metrics import Metrics
 from gateway.process import GatewayProcess
 from gateway.store import Store, template_collection
 
-KEY = "fs_benchmark-key"
+KEY = new_key()  # FACESTACK_API_KEY must be strong (gateway.auth.check_env_key)
 _TRITON_DUR = re.compile(r"triton;dur=([0-9.]+)")
 _TOTAL_DUR = re.compile(r"total;dur=([0-9.]+)")
 _QUEUE_DUR = re.compile(r"queue;dur=([0-9.]+)")

@@ -28,6 +28,7 @@ CODES: dict[str, tuple[int, str]] = {
     "not_found": (404, "No such resource"),
     "method_not_allowed": (405, "Method not allowed"),
     "conflict": (409, "The resource already exists or is in a conflicting state"),
+    "idempotency_conflict": (409, "The Idempotency-Key was already used with a different request"),
     "image_too_large": (413, "The image exceeds the byte or pixel limit"),
     "unsupported_media_type": (415, "Unsupported media type"),
     "no_face": (422, "No face was found in the image"),
@@ -38,6 +39,7 @@ CODES: dict[str, tuple[int, str]] = {
     "rate_limited": (429, "Too many requests in flight; retry later"),
     "internal_error": (500, "Internal error"),
     "backend_unavailable": (503, "A backend (Triton or Milvus) is unavailable"),
+    "audit_unavailable": (503, "The audit log cannot be written"),
     "timeout": (504, "A backend did not answer in time"),
 }
 
@@ -73,6 +75,23 @@ def problem(code: str, detail: str, request: Request | None, *, retry_after: int
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+# Codes whose detail would carry a backend's own words (Milvus or Triton error text: addresses, internals):
+# the detail is logged with the request id and the client gets this stable text instead.
+GENERIC_DETAIL = {
+    "backend_unavailable": "a backend is unavailable or at capacity; retry after Retry-After seconds "
+                           "(the request id identifies the cause in the gateway's log)",
+}
+
+
+def _api_problem(request: Request, exc: ApiError) -> JSONResponse:
+    detail = exc.detail
+    if exc.code in GENERIC_DETAIL:
+        log.warning("%s on %s %s (request %s): %s", exc.code, request.method, request.url.path,
+                    getattr(request.state, "request_id", "-"), exc.detail)
+        detail = GENERIC_DETAIL[exc.code]
+    return problem(exc.code, detail, request, retry_after=exc.retry_after, **exc.extra)
+
+
 def _validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # pydantic's `input` can echo a whole base64 image back: keep location, message and type only.
     return [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
@@ -82,7 +101,7 @@ def _validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return problem(exc.code, exc.detail, request, retry_after=exc.retry_after, **exc.extra)
+        return _api_problem(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -93,8 +112,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, ApiError):  # FastAPI wraps errors raised while it reads a JSON body
-            cause = exc.__cause__  # (the middleware's body limit on a streamed body): keep their code
-            return problem(cause.code, cause.detail, request, retry_after=cause.retry_after, **cause.extra)
+            return _api_problem(request, exc.__cause__)  # (the middleware's body limit on a streamed body)
         code = {404: "not_found", 405: "method_not_allowed", 413: "image_too_large",
                 415: "unsupported_media_type"}.get(exc.status_code, "validation_error")
         return problem(code, str(exc.detail), request)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from gateway import exif
 from gateway.errors import ApiError
 
 _SUPPORTED = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}  # sniffed name -> Pillow format
@@ -28,6 +29,7 @@ class ImageData:
     format: str  # jpeg | png | webp
     width: int
     height: int
+    orientation: int = 1  # EXIF orientation, 1-8 (gateway/exif.py)
 
 
 def sniff(data: bytes) -> str | None:
@@ -57,6 +59,8 @@ def admit(data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=[_SUPPORTED[fmt]]) as im:
                 width, height = im.size
+                # Only where Triton's decoder ignores it (WebP): Pillow's PNG getexif() decodes every pixel.
+                rotation = exif.orientation(im) if fmt not in exif.DECODER_ORIENTS else 1
     except Image.DecompressionBombError:
         raise ApiError("image_too_large", f"{field}: too many pixels", field=field) from None
     except Exception:  # any header Pillow cannot parse is the client's bad bytes, never a 500
@@ -66,7 +70,7 @@ def admit(data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image")
     if width * height > max_pixels:
         raise ApiError("image_too_large", f"{field}: {width}x{height} pixels is above the limit of {max_pixels}",
                        field=field)
-    return ImageData(data, fmt, width, height)
+    return ImageData(data, fmt, width, height, rotation)
 
 
 def decode_base64(text: str, *, max_bytes: int, field: str) -> bytes:

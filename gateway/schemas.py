@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,10 @@ ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f/]{1,128}$")
 ID_RULE = "1-128 characters, no control characters and no '/'"
 MAX_METADATA_BYTES = 8192
 MAX_METADATA_DEPTH = 32  # nesting; deeper values cannot be serialised back (pydantic's depth limit)
+# A hard ceiling on images in one JSON body, checked while the body is parsed (so a list of 200k items is
+# refused at once); FACESTACK_GATEWAY_MAX_IMAGES_PER_REQUEST (at most this) is the configured limit.
+MAX_IMAGES_PER_REQUEST = 64
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def valid_id(value: str) -> bool:
@@ -47,11 +52,31 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
+def _unstorable(value: Any) -> str | None:
+    """Why the store cannot hold this JSON value (Milvus JSON: 64-bit integers, finite numbers), else None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int) and not INT64[0] <= item <= INT64[1]:
+            return "integers must fit in 64 bits (send larger numbers as strings)"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "numbers must be finite (NaN and Infinity cannot be stored)"
+    return None
+
+
 def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is not None and _too_deep(value, MAX_METADATA_DEPTH):
         raise ValueError(f"metadata must nest at most {MAX_METADATA_DEPTH} levels")
     if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must serialise to at most {MAX_METADATA_BYTES} bytes of JSON")
+    if value is not None and (reason := _unstorable(value)):
+        raise ValueError(f"metadata: {reason}")
     return value
 
 
@@ -118,7 +143,8 @@ class EnrolForm(_Strict):
 
 
 class EnrolJson(EnrolForm):
-    image: ImageB64 | list[ImageB64] = Field(description="one image, or a list for bulk enrolment")
+    image: ImageB64 | Annotated[list[ImageB64], Field(max_length=MAX_IMAGES_PER_REQUEST)] = Field(
+        description="one image, or a list for bulk enrolment (at most FACESTACK_GATEWAY_MAX_IMAGES_PER_REQUEST)")
 
 
 class GalleryCreate(_Strict):

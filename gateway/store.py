@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from gateway.admission import AdmissionPool
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
 from gateway.timing import record
@@ -100,14 +100,14 @@ def _must_be_missing(lookup: Callable[[], object], missing_code: str, conflict: 
 
 class Store:
     def __init__(self, uri: str, token: str = "", *, timeout: float, workers: int, metrics: Metrics,
-                 retry_after: int) -> None:
+                 retry_after: int, queue: int = 32) -> None:
         self.uri = uri
         self.lite = uri.endswith(".db")
         self.token = token
         self.timeout = timeout
         self.metrics = metrics
         self.retry_after = retry_after
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="milvus")
+        self._pool = AdmissionPool(workers, queue, retry_after=retry_after, metrics=metrics)  # bounded, sheds: 503
         self._write_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         self._client: MilvusClient | None = None
@@ -214,7 +214,8 @@ class Store:
         # Lite writes run without a client deadline (see _wt): this wait bounds the request, not the write.
         budget = self.timeout * (4 if write else 2) + 1
         try:
-            result = await asyncio.wait_for(asyncio.shield(loop.run_in_executor(self._pool, call)), budget)
+            pool = self._pool.lane(operation)  # health checks have their own lane
+            result = await asyncio.wait_for(asyncio.shield(loop.run_in_executor(pool, call)), budget)
             outcome = "ok"
             return result
         except ApiError as exc:
@@ -529,3 +530,46 @@ class Store:
             self._ensure(client, name, dim)
             client.insert(name, rows, timeout=self._wt)
 
+
+    # ---- keyed records of gateway modules (gateway/idempotency.py) -----------------------------------
+
+    def _ensure_records(self, c: MilvusClient, name: str) -> None:
+        """A collection of {pk, created, record (JSON)} rows: no partition key, so upsert is safe on 2.3.5."""
+        if name in self._known:
+            return
+        if not c.has_collection(name, timeout=self.timeout):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("created", DataType.INT64)
+            schema.add_field("record", DataType.JSON)
+            schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+            index = c.prepare_index_params()
+            index.add_index("v", index_type="FLAT", metric_type="L2")
+            c.create_collection(name, schema=schema, index_params=index, timeout=self.timeout)
+        c.load_collection(name, timeout=max(self.timeout, 120.0))
+        self._known.add(name)
+
+    async def get_record(self, collection: str, key: str) -> dict | None:
+        def read(c: MilvusClient) -> dict | None:
+            self._ensure_records(c, collection)
+            rows = c.get(collection, ids=[key], output_fields=["created", "record"], timeout=self.timeout,
+                         consistency_level="Strong")  # another replica's answer of a moment ago counts
+            return dict(rows[0]) if rows else None
+
+        return await self._run("get_record", read)
+
+    async def put_record(self, collection: str, key: str, record: dict) -> None:
+        row = {"pk": key, "created": now_ms(), "record": record, "v": _PLACEHOLDER}
+
+        def write(c: MilvusClient) -> None:
+            self._ensure_records(c, collection)
+            c.upsert(collection, [row], timeout=self._wt)
+
+        await self._run("put_record", write, write=True)
+
+    async def purge_records(self, collection: str, before_ms: int) -> None:
+        def write(c: MilvusClient) -> None:
+            self._ensure_records(c, collection)
+            c.delete(collection, filter=f"created < {int(before_ms)}", timeout=self._wt)
+
+        await self._run("purge_records", write, write=True)

@@ -13,11 +13,13 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 
+from gateway import idempotency
 from gateway.api.common import BACKEND, IMAGE, image_body, iso, problems, request_id, services
 from gateway.api.recognition import analyze_all
 from gateway.auth import AdminKey, EnrolKey, Principal
 from gateway.errors import ApiError
 from gateway.faces import select
+from gateway.images import ImageData
 from gateway.inputs import read_images
 from gateway.operating_points import embedder_name
 from gateway.schemas import (
@@ -41,6 +43,7 @@ router = APIRouter(prefix="/v1/galleries", tags=["galleries"])
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=MAX_QUERY_WINDOW - 1000, description="items to skip")]
 _STORE = ("backend_unavailable", "timeout")
+_WRITE = ("idempotency_conflict", "audit_unavailable")  # every write: Idempotency-Key, the audit line first
 
 
 def _gallery(row: dict) -> dict:
@@ -68,19 +71,34 @@ def _receipt(request: Request, principal: Principal, operation: str, gallery: st
     return receipt
 
 
+def _announce(request: Request, principal: Principal, operation: str, gallery: str, subject: str | None = None,
+              face: str | None = None) -> None:
+    """The audit line written before stored data changes: if the audit log cannot be written, the change is
+    never made (the request fails with audit_unavailable)."""
+    services(request).audit.write(operation, tenant=principal.tenant, key_id=principal.key_id, gallery=gallery,
+                                  subject=subject, face_ids=[face] if face else None, outcome="started",
+                                  request_id=request_id(request))
+
+
 # ---- galleries ------------------------------------------------------------------------------------
 
 @router.post("", status_code=201, response_model=Gallery, summary="Create a gallery",
-             responses=problems("forbidden", "conflict", *_STORE))
+             responses=problems("forbidden", "conflict", *_STORE, *_WRITE))
 async def create_gallery(body: GalleryCreate, request: Request, response: Response,
-                         principal: AdminKey) -> dict:
+                         principal: AdminKey) -> dict | Response:
     svc = services(request)
-    embedder = body.embedder or svc.settings.gateway_default_embedder
-    row = await svc.store.create_gallery(principal.tenant, body.gallery_id, embedder, body.metadata or {})
-    svc.audit.write("create_gallery", tenant=principal.tenant, key_id=principal.key_id, gallery=body.gallery_id,
-                    request_id=request_id(request))
-    response.headers["Location"] = f"/v1/galleries/{quote(body.gallery_id, safe='')}"
-    return {**_gallery(row), "subjects": 0, "templates": 0}
+    async with idempotency.claim(request, principal.tenant, body.model_dump_json().encode()) as claim:
+        if claim.replay:
+            return claim.replay
+        embedder = body.embedder or svc.settings.gateway_default_embedder
+        _announce(request, principal, "create_gallery", body.gallery_id)
+        row = await svc.store.create_gallery(principal.tenant, body.gallery_id, embedder, body.metadata or {})
+        svc.audit.write("create_gallery", tenant=principal.tenant, key_id=principal.key_id, gallery=body.gallery_id,
+                        request_id=request_id(request))
+        response.headers["Location"] = f"/v1/galleries/{quote(body.gallery_id, safe='')}"
+        result = {**_gallery(row), "subjects": 0, "templates": 0}
+        claim.keep(201, Gallery, result, {"Location": response.headers["Location"]})
+    return result
 
 
 @router.get("", response_model=GalleryPage, summary="List the tenant's galleries",
@@ -101,28 +119,41 @@ async def get_gallery(gallery_id: str, request: Request, principal: EnrolKey) ->
 
 
 @router.delete("/{gallery_id}", response_model=ErasureReceipt, summary="Erase a gallery, its subjects and templates",
-               responses=problems("forbidden", "gallery_not_found", *_STORE))
-async def delete_gallery(gallery_id: str, request: Request, principal: AdminKey) -> dict:
-    subjects, templates, remaining = await services(request).store.delete_gallery(
-        principal.tenant, check_id(gallery_id, "gallery_id"))
-    return _receipt(request, principal, "erase_gallery", gallery_id, subjects=subjects, templates=templates,
-                    remaining=remaining)
+               responses=problems("forbidden", "gallery_not_found", *_STORE, *_WRITE))
+async def delete_gallery(gallery_id: str, request: Request, principal: AdminKey) -> dict | Response:
+    check_id(gallery_id, "gallery_id")
+    async with idempotency.claim(request, principal.tenant) as claim:
+        if claim.replay:
+            return claim.replay
+        _announce(request, principal, "erase_gallery", gallery_id)
+        subjects, templates, remaining = await services(request).store.delete_gallery(principal.tenant, gallery_id)
+        result = _receipt(request, principal, "erase_gallery", gallery_id, subjects=subjects, templates=templates,
+                          remaining=remaining)
+        claim.keep(200, ErasureReceipt, result)
+    return result
 
 
 # ---- subjects -------------------------------------------------------------------------------------
 
 @router.post("/{gallery_id}/subjects", status_code=201, response_model=Subject, summary="Create a subject",
-             responses=problems("forbidden", "gallery_not_found", "conflict", *_STORE))
+             responses=problems("forbidden", "gallery_not_found", "conflict", *_STORE, *_WRITE))
 async def create_subject(gallery_id: str, body: SubjectCreate, request: Request, response: Response,
-                         principal: EnrolKey) -> dict:
+                         principal: EnrolKey) -> dict | Response:
     svc = services(request)
-    row = await svc.store.create_subject(principal.tenant, check_id(gallery_id, "gallery_id"), body.subject_id,
-                                         body.name, body.metadata or {})
-    svc.audit.write("create_subject", tenant=principal.tenant, key_id=principal.key_id, gallery=gallery_id,
-                    subject=body.subject_id, request_id=request_id(request))
-    response.headers["Location"] = f"/v1/galleries/{quote(gallery_id, safe='')}/subjects/" \
-                                   f"{quote(body.subject_id, safe='')}"
-    return {**_subject(row), "faces": 0}
+    check_id(gallery_id, "gallery_id")
+    async with idempotency.claim(request, principal.tenant, body.model_dump_json().encode()) as claim:
+        if claim.replay:
+            return claim.replay
+        _announce(request, principal, "create_subject", gallery_id, body.subject_id)
+        row = await svc.store.create_subject(principal.tenant, gallery_id, body.subject_id, body.name,
+                                             body.metadata or {})
+        svc.audit.write("create_subject", tenant=principal.tenant, key_id=principal.key_id, gallery=gallery_id,
+                        subject=body.subject_id, request_id=request_id(request))
+        response.headers["Location"] = f"/v1/galleries/{quote(gallery_id, safe='')}/subjects/" \
+                                       f"{quote(body.subject_id, safe='')}"
+        result = {**_subject(row), "faces": 0}
+        claim.keep(201, Subject, result, {"Location": response.headers["Location"]})
+    return result
 
 
 @router.get("/{gallery_id}/subjects", response_model=SubjectPage, summary="List a gallery's subjects",
@@ -146,31 +177,46 @@ async def get_subject(gallery_id: str, subject_id: str, request: Request,
 
 
 @router.patch("/{gallery_id}/subjects/{subject_id}", response_model=Subject, summary="Change name or metadata",
-              responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE))
+              responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE, *_WRITE))
 async def patch_subject(gallery_id: str, subject_id: str, body: SubjectPatch, request: Request,
-                        principal: EnrolKey) -> dict:
+                        principal: EnrolKey) -> dict | Response:
     svc = services(request)
+    check_id(gallery_id, "gallery_id")
+    check_id(subject_id, "subject_id")
     changes = body.model_dump(exclude_unset=True)
     if "name" in changes:
         changes["name"] = changes["name"] or ""
     if "metadata" in changes:
         changes["metadata"] = changes["metadata"] or {}
-    row = await svc.store.update_subject(principal.tenant, check_id(gallery_id, "gallery_id"),
-                                         check_id(subject_id, "subject_id"), changes)
-    svc.audit.write("update_subject", tenant=principal.tenant, key_id=principal.key_id, gallery=gallery_id,
-                    subject=subject_id, request_id=request_id(request))
-    return _subject(row)
+    async with idempotency.claim(request, principal.tenant, body.model_dump_json(exclude_unset=True).encode()) \
+            as claim:
+        if claim.replay:
+            return claim.replay
+        _announce(request, principal, "update_subject", gallery_id, subject_id)
+        row = await svc.store.update_subject(principal.tenant, gallery_id, subject_id, changes)
+        svc.audit.write("update_subject", tenant=principal.tenant, key_id=principal.key_id, gallery=gallery_id,
+                        subject=subject_id, request_id=request_id(request))
+        result = _subject(row)
+        claim.keep(200, Subject, result)
+    return result
 
 
 @router.delete("/{gallery_id}/subjects/{subject_id}", response_model=ErasureReceipt,
                summary="Erase a subject and all its templates",
-               responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE))
+               responses=problems("forbidden", "gallery_not_found", "subject_not_found", *_STORE, *_WRITE))
 async def delete_subject(gallery_id: str, subject_id: str, request: Request,
-                         principal: EnrolKey) -> dict:
-    templates, remaining = await services(request).store.delete_subject(
-        principal.tenant, check_id(gallery_id, "gallery_id"), check_id(subject_id, "subject_id"))
-    return _receipt(request, principal, "erase_subject", gallery_id, subject=subject_id, subjects=1,
-                    templates=templates, remaining=remaining)
+                         principal: EnrolKey) -> dict | Response:
+    check_id(gallery_id, "gallery_id")
+    check_id(subject_id, "subject_id")
+    async with idempotency.claim(request, principal.tenant) as claim:
+        if claim.replay:
+            return claim.replay
+        _announce(request, principal, "erase_subject", gallery_id, subject_id)
+        templates, remaining = await services(request).store.delete_subject(principal.tenant, gallery_id, subject_id)
+        result = _receipt(request, principal, "erase_subject", gallery_id, subject=subject_id, subjects=1,
+                          templates=templates, remaining=remaining)
+        claim.keep(200, ErasureReceipt, result)
+    return result
 
 
 # ---- faces (enrolment) ----------------------------------------------------------------------------
@@ -179,19 +225,31 @@ async def delete_subject(gallery_id: str, subject_id: str, request: Request,
              summary="Enrol one or many face images (all or nothing)",
              description="Each image contributes its face (multi_face policy) as one template. If any image fails "
                          "(no face, low quality...), nothing is enrolled and `errors` lists every failing image.",
-             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict"),
+             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict",
+                                *_WRITE),
              openapi_extra=image_body(EnrolForm, EnrolJson, {"image": "one or more photos (repeat the part)"},
                                       {"image": [{"image_base64": "/9j/4AAQ..."}], "multi_face": "largest"}))
 async def enrol(gallery_id: str, subject_id: str, request: Request,
-                principal: EnrolKey) -> dict:
-    svc = services(request)
+                principal: EnrolKey) -> dict | Response:
     tenant = principal.tenant
     check_id(gallery_id, "gallery_id")
     check_id(subject_id, "subject_id")
     options, images = await read_images(request, EnrolForm, EnrolJson, {"image": "many"})
+    parts = (options.model_dump_json().encode(), *(image.data for image in images["image"]))
+    async with idempotency.claim(request, tenant, *parts) as claim:
+        if claim.replay:
+            return claim.replay
+        result = await _enrol(request, principal, gallery_id, subject_id, options, images["image"])
+        claim.keep(201, EnrolResponse, result)
+    return result
+
+
+async def _enrol(request: Request, principal: Principal, gallery_id: str, subject_id: str, options: EnrolForm,
+                 items: list[ImageData]) -> dict:
+    svc = services(request)
+    tenant = principal.tenant
     gallery = await svc.store.get_gallery(tenant, gallery_id)
     await svc.store.get_subject(tenant, gallery_id, subject_id)  # 404 before spending Triton time
-    items = images["image"]
     names = [f"image[{i}]" if len(items) > 1 else "image" for i in range(len(items))]
     analyses = await analyze_all(request, list(zip(names, items, strict=True)), gallery["embedder"])
     faces, errors = [], []
@@ -209,6 +267,7 @@ async def enrol(gallery_id: str, subject_id: str, request: Request,
     if len(models) > 1:
         raise ApiError("backend_unavailable", "the embedder model changed during the request; retry", retry_after=1)
     model, version = models.pop()
+    _announce(request, principal, "enrol", gallery_id, subject_id)
     face_ids, _ = await svc.store.add_templates(tenant, gallery_id, subject_id, model, version,
                                                 np.stack([f.embedding for f in faces]),
                                                 svc.settings.gateway_max_faces_per_subject)
@@ -237,11 +296,18 @@ async def list_faces(gallery_id: str, subject_id: str, request: Request, princip
 
 @router.delete("/{gallery_id}/subjects/{subject_id}/faces/{face_id}", response_model=ErasureReceipt,
                summary="Erase one face template",
-               responses=problems("forbidden", "gallery_not_found", "subject_not_found", "face_not_found", *_STORE))
+               responses=problems("forbidden", "gallery_not_found", "subject_not_found", "face_not_found", *_STORE,
+                                  *_WRITE))
 async def delete_face(gallery_id: str, subject_id: str, face_id: str, request: Request,
-                      principal: EnrolKey) -> dict:
-    remaining = await services(request).store.delete_face(
-        principal.tenant, check_id(gallery_id, "gallery_id"), check_id(subject_id, "subject_id"),
-        check_id(face_id, "face_id"))
-    return _receipt(request, principal, "erase_face", gallery_id, subject=subject_id, face=face_id, templates=1,
-                    remaining=remaining)
+                      principal: EnrolKey) -> dict | Response:
+    for value, what in ((gallery_id, "gallery_id"), (subject_id, "subject_id"), (face_id, "face_id")):
+        check_id(value, what)
+    async with idempotency.claim(request, principal.tenant) as claim:
+        if claim.replay:
+            return claim.replay
+        _announce(request, principal, "erase_face", gallery_id, subject_id, face_id)
+        remaining = await services(request).store.delete_face(principal.tenant, gallery_id, subject_id, face_id)
+        result = _receipt(request, principal, "erase_face", gallery_id, subject=subject_id, face=face_id,
+                          templates=1, remaining=remaining)
+        claim.keep(200, ErasureReceipt, result)
+    return result

@@ -193,6 +193,13 @@ def test_code_conflict(acme, img, make_gallery, problem, limited) -> None:
     problem(client.post(faces, files={"image": img.resized("biden.jpg")}), 409, "conflict")
 
 
+def test_code_idempotency_conflict(acme, uid, problem) -> None:
+    key = {"Idempotency-Key": f"conflict-{uid()}"}
+    assert acme.post("/v1/galleries", json={"gallery_id": uid()}, headers=key).status_code == 201
+    body = problem(acme.post("/v1/galleries", json={"gallery_id": uid()}, headers=key), 409, "idempotency_conflict")
+    assert "different request" in body["detail"]
+
+
 # ---- 401 / 403 ------------------------------------------------------------------------------------
 
 def test_code_unauthorized(gw, img, problem) -> None:
@@ -307,3 +314,18 @@ def test_errors_carry_the_request_id(acme, problem) -> None:
     response = acme.get("/v1/galleries/nope-nope", headers={"X-Request-ID": "req-7"})
     assert problem(response, 404, "gallery_not_found")["request_id"] == "req-7"
     assert isinstance(httpx.Headers(response.headers)["x-request-id"], str)
+
+
+# ---- 503 audit_unavailable ------------------------------------------------------------------------
+
+def test_code_audit_unavailable_disk_full_fails_requests_and_changes_nothing(spawn, keys, img, uid, problem) -> None:
+    """The audit log is /dev/full: every append fails with ENOSPC, as on a full disk."""
+    gallery = uid()
+    with spawn(audit_log="/dev/full") as gw, gw.client(keys["acme"]) as client:
+        response = client.post("/v1/galleries", json={"gallery_id": gallery})
+        problem(response, 503, "audit_unavailable")
+        assert response.headers["Retry-After"]
+        problem(client.get(f"/v1/galleries/{gallery}"), 404, "gallery_not_found")  # the change never happened
+        # A decision is not returned unaudited either.
+        probe = {"probe": img.resized("obama.jpg", 320), "reference": img.resized("obama2.jpg", 320)}
+        problem(client.post("/v1/verify", files=probe), 503, "audit_unavailable")

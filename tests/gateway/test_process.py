@@ -21,10 +21,11 @@ import httpx
 import pytest
 
 from facestack.triton.launcher import free_port
+from gateway.auth import new_key
 from gateway.process import GatewayProcess, clean_env
 
 pytestmark = pytest.mark.triton
-KEY = "fs_process-test-key"
+KEY = new_key()  # a weak FACESTACK_API_KEY is refused at start-up
 
 
 def gateway_process(data_dir: Path, triton_url: str, entry: str = "uvicorn") -> GatewayProcess:

@@ -8,11 +8,13 @@ kill exactly what it started (by process group id), never by name.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,3 +153,77 @@ def check_bounded(target: FuzzTarget, keys: dict[str, str], growth_mb: float = 6
     assert rss - target.baseline_rss_mb < growth_mb, (target.baseline_rss_mb, rss)
     assert fds <= target.baseline_fds + 10, (target.baseline_fds, fds)
     return rss, fds
+
+
+# ---- a slow network in front of a server ------------------------------------------------------------
+
+class DelayProxy:
+    """A TCP proxy on 127.0.0.1 in front of 127.0.0.1:`target_port` that adds `delay` seconds of latency to
+    every chunk in both directions (a delay line: chunks keep their order and do not queue behind each
+    other's delay, so concurrent calls on one connection are each `2 x delay` slower per round trip).
+    Set `delay` at any time; it applies to chunks received from then on."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.delay = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> DelayProxy:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+            ready.set()
+            try:
+                self._loop.run_forever()
+            finally:
+                server.close()
+                tasks = asyncio.all_tasks(self._loop)
+                for task in tasks:
+                    task.cancel()
+                self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                self._loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name=f"delay-proxy-{self.port}")
+        self._thread.start()
+        assert ready.wait(10), "proxy did not start"
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        line: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def pump() -> None:
+            while data := await reader.read(65536):
+                line.put_nowait((loop.time() + self.delay, data))
+            line.put_nowait((loop.time() + self.delay, b""))
+
+        async def deliver() -> None:
+            while True:
+                due, data = await line.get()
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        await asyncio.gather(pump(), deliver())

@@ -3,7 +3,8 @@ Locust's gevent monkey-patches whatever imports it).
 
 One user class, a front-desk mix at a constant throughput per user: verify image-to-image (3), verify
 against a subject (2), identify (3), detect (1), enrol a face then erase it (1; the gallery keeps its size,
-so memory has no reason to grow with data). A request counts as a success only with its expected status
+so memory has no reason to grow with data; the enrolment carries an Idempotency-Key, so its records
+accumulate in Milvus as they would in production). A request counts as a success only with its expected status
 and answer (a genuine pair matches, identify names the right subject); anything else is an error.
 
 Environment: SOAK_API_KEY, SOAK_GALLERY, SOAK_RATE (tasks/s per user), SOAK_IMAGES (a directory with
@@ -30,8 +31,9 @@ class FrontDesk(FastHttpUser):
     network_timeout = 60.0
     connection_timeout = 10.0
 
-    def _post(self, name: str, path: str, expect: int, check, **kw) -> None:
-        with self.client.post(path, name=name, headers={"X-API-Key": KEY}, catch_response=True, **kw) as r:
+    def _post(self, name: str, path: str, expect: int, check, headers: dict | None = None, **kw) -> None:
+        with self.client.post(path, name=name, headers={"X-API-Key": KEY, **(headers or {})}, catch_response=True,
+                              **kw) as r:
             if r.status_code != expect:
                 r.failure(f"{r.status_code}: {(r.text or '')[:200]}")
             elif check is not None and not check(r.json()):
@@ -69,7 +71,7 @@ class FrontDesk(FastHttpUser):
                 r.failure(f"{r.status_code}: {(r.text or '')[:200]}")
                 return
         self._post("enrol", f"{base}/{subject}/faces", 201, lambda b: len(b["faces"]) == 1,
-                   files={"image": ("o.jpg", OTHER, "image/jpeg")})
+                   files={"image": ("o.jpg", OTHER, "image/jpeg")}, headers={"Idempotency-Key": subject})
         with self.client.delete(f"{base}/{subject}", name="erase subject", headers={"X-API-Key": KEY},
                                 catch_response=True) as r:
             if r.status_code != 200 or r.json()["remaining_templates"] != 0:
