@@ -72,7 +72,8 @@ async def detect(request: Request, principal: VerifyKey) -> dict:
                          "its templates are fetched by key and the best similarity counts, against a threshold "
                          "raised so that the best of k comparisons keeps the operating point's false-match rate). "
                          "`match` is `similarity >= threshold`.",
-             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict"),
+             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict",
+                                "audit_unavailable"),
              openapi_extra=image_body(VerifyForm, VerifyJson, {"probe": "the face to check",
                                                                "reference": "optional: a second photo"},
                                       {"probe": _B64, "reference": _B64}))
@@ -136,7 +137,7 @@ async def verify(request: Request, principal: VerifyKey) -> dict:
                          "get named) for a gallery of this size: it rises as the gallery grows. Candidates are "
                          "distinct subjects, best first; a key with only the verify scope sees only candidates at "
                          "or above the threshold, so probing cannot list a gallery.",
-             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found"),
+             responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "audit_unavailable"),
              openapi_extra=image_body(IdentifyForm, IdentifyJson, {"probe": "the face to identify"},
                                       {"probe": _B64, "gallery": "staff", "top_k": 5}))
 async def identify(request: Request, principal: VerifyKey) -> dict:
