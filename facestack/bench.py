@@ -187,21 +187,38 @@ def triton(url: str, photos: list[bytes], seconds: float, embedder: str = "sface
     return {**percentiles(samples), "throughput_ips": max(rates.values()), "by_concurrency": rates}
 
 
+def pipeline_stats(url: str) -> tuple[int, int, int]:
+    """face_pipeline's (requests, executions, summed request nanoseconds) from Triton's statistics."""
+    with grpcclient.InferenceServerClient(url) as c:
+        stats = c.get_inference_statistics(pipeline_client.MODEL, as_json=True)["model_stats"][0]
+    success = stats["inference_stats"]["success"]
+    return int(success.get("count", 0)), int(stats.get("execution_count", 0)), int(success.get("ns", 0))
+
+
 def verify_end_to_end(triton_url: str, pair: tuple[bytes, bytes], seconds: float) -> dict:
-    """POST /v1/verify (probe + reference) through the gateway process at concurrency 1."""
+    """POST /v1/verify (probe + reference) through the gateway process at concurrency 1, and whether its two
+    face_pipeline calls overlap: Triton's summed request time per verify vs the gateway's wall time with a
+    call in flight (Server-Timing), and how many executions the two requests took."""
     from gateway.bench import KEY, http_levels
     from gateway.process import GatewayProcess
 
     with tempfile.TemporaryDirectory(prefix="facestack-bench-") as data_dir:
         gateway = GatewayProcess(Path(data_dir), triton_url, api_key=KEY).start(300, ready=True)
         try:
+            before = pipeline_stats(triton_url)
             (level,) = asyncio.run(http_levels(gateway.url, "/v1/verify", [1], seconds, 2.0,
                                                files={"probe": pair[0], "reference": pair[1]}, images=2))
+            after = pipeline_stats(triton_url)
         finally:
             gateway.stop()
     summary = level.summary()
+    requests, executions, ns = (b - a for a, b in zip(before, after, strict=True))
+    wall = [t - o for t, o in zip(level.latency_ms, level.overhead_ms, strict=True)]
     return {"p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"], "n": summary["requests"],
-            "errors": summary["errors"], "gateway_overhead_p50_ms": summary["overhead_p50_ms"]}
+            "errors": summary["errors"], "gateway_overhead_p50_ms": summary["overhead_p50_ms"],
+            "triton_wall_mean_ms": round(statistics.fmean(wall), 2),
+            "triton_request_ms_per_verify": round(ns / 1e6 / max(requests / 2, 1), 2),
+            "images_per_execution": round(requests / max(executions, 1), 2)}
 
 
 def peer(paths: list[Path], seconds: float) -> dict:
@@ -286,6 +303,9 @@ def print_table(r: dict) -> None:
     print(f"\nverify end to end, concurrency 1: p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms "
           f"(gateway overhead p50 {v['gateway_overhead_p50_ms']:.1f} ms); model compute of the pair in process "
           f"{m['verify_pair']:.1f} ms (one LFW photo {m['lfw_one_photo']:.1f} ms)")
+    print(f"  its two face_pipeline calls: {v['triton_request_ms_per_verify']:.1f} ms of Triton request time in "
+          f"{v['triton_wall_mean_ms']:.1f} ms of wall time (mean), "
+          f"{v['images_per_execution']:.2f} images per execution")
     d = r["12mp_reduced_decoding"]
     print(f"12 MP photo: decode {d['decode_ms']['full']:.0f} -> {d['decode_ms']['reduced']:.0f} ms, pipeline p50 "
           f"{d['pipeline_p50_ms']['full']:.0f} -> {d['pipeline_p50_ms']['reduced']:.0f} ms (full -> reduced decoding)")
