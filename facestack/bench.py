@@ -65,8 +65,34 @@ def timed(fn: Callable[[int], object], seconds: float, min_runs: int = 20) -> li
     return samples
 
 
-def throughput(fn: Callable[[int, int], object], concurrency: int, seconds: float) -> float:
-    """Calls per second with `concurrency` threads each calling fn(thread, call index) in a loop."""
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (a Triton server and its stubs)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields from the state on: state, ppid, pgrp, ..., utime (11), stime (12)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Images per CPU-second, summed over measurements: unlike images per second, it stays meaningful when
+    other jobs share the cores (the VM is shared). `clock` reads the CPU seconds of what is measured."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock, self.images, self.cpu_s = clock, 0, 0.0
+
+    def per_cpu_second(self) -> float:
+        return round(self.images / self.cpu_s, 1) if self.cpu_s else 0.0
+
+
+def throughput(fn: Callable[[int, int], object], concurrency: int, seconds: float, per_call: int = 1,
+               meter: CpuMeter | None = None) -> float:
+    """Calls per second with `concurrency` threads each calling fn(thread, call index) in a loop; `meter` (if
+    given) adds the images (per_call per call) and the CPU seconds they took."""
     deadline = time.perf_counter() + seconds
 
     def worker(i: int) -> int:
@@ -76,9 +102,12 @@ def throughput(fn: Callable[[int, int], object], concurrency: int, seconds: floa
             n += 1
         return n
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), meter.clock() if meter else 0.0
     with ThreadPoolExecutor(concurrency) as pool:
         total = sum(pool.map(worker, range(concurrency)))
+    if meter:
+        meter.images += total * per_call
+        meter.cpu_s += meter.clock() - cpu
     return total / (time.perf_counter() - start)
 
 
@@ -140,14 +169,15 @@ def in_process(repository: Path, decode_min_long_side: int = 1280) -> tuple[Face
 def ceiling(pipeline: FacePipeline, photos: list[bytes], seconds: float) -> dict:
     """p50 of one photo per call, and the best images/s of 1-2 threads x 1-8 photos per call."""
     samples = timed(lambda n: pipeline.run([photos[n % len(photos)]], [Options()]), seconds)
-    rates = {}
+    rates, meter = {}, CpuMeter(time.process_time)  # this process: the pipeline and its onnxruntime threads
     for callers in (1, 2):
         for batch in (1, 2, 4, 8):
             def call(i: int, n: int, b: int = batch) -> object:
                 chunk = [photos[(i * 7 + n * b + k) % len(photos)] for k in range(b)]
                 return pipeline.run(chunk, [Options()] * b)
-            rates[f"{callers}x{batch}"] = round(throughput(call, callers, seconds) * batch, 1)
-    return {**percentiles(samples), "throughput_ips": max(rates.values()), "by_callers_x_batch": rates}
+            rates[f"{callers}x{batch}"] = round(throughput(call, callers, seconds, batch, meter) * batch, 1)
+    return {**percentiles(samples), "throughput_ips": max(rates.values()), "by_callers_x_batch": rates,
+            "images_per_cpu_s": meter.per_cpu_second()}
 
 
 def model_compute_ms(pipeline: FacePipeline, models: TimedModels, photos: list[bytes], runs: int = 40) -> float:
@@ -173,18 +203,23 @@ def decode_ms(data: bytes, min_long_side: int, runs: int = 10) -> float:
 # ---------------------------------------------------------------------------------------------- Triton
 
 
-def triton(url: str, photos: list[bytes], seconds: float, embedder: str = "sface") -> dict:
-    clients = [grpcclient.InferenceServerClient(url) for _ in range(8)]
+def triton(server: TritonServer, photos: list[bytes], seconds: float, embedder: str = "sface") -> dict:
+    """p50 at one client, best images/s of 1-8 clients, and images per CPU-second of the server's processes
+    (tritonserver and its python stubs; the benchmark's own gRPC clients are not counted)."""
+    clients = [grpcclient.InferenceServerClient(server.grpc_url) for _ in range(8)]
+    assert server.pid is not None
+    meter = CpuMeter(lambda pgid=server.pid: group_cpu_seconds(pgid))
     try:
         def call(i: int, n: int) -> object:
             return pipeline_client.infer(clients[i], photos[(i * 7 + n) % len(photos)], embedder=embedder)
 
         samples = timed(lambda n: call(0, n), seconds)
-        rates = {c: round(throughput(call, c, seconds), 1) for c in (1, 2, 4, 8)}
+        rates = {c: round(throughput(call, c, seconds, 1, meter), 1) for c in (1, 2, 4, 8)}
     finally:
         for c in clients:
             c.close()
-    return {**percentiles(samples), "throughput_ips": max(rates.values()), "by_concurrency": rates}
+    return {**percentiles(samples), "throughput_ips": max(rates.values()), "by_concurrency": rates,
+            "images_per_cpu_s": meter.per_cpu_second()}
 
 
 def pipeline_stats(url: str) -> tuple[int, int, int]:
@@ -258,9 +293,9 @@ def run(seconds: float, lfw: Path, out: Path, with_peer: bool = True) -> dict:
         label = config or "in_process_models"
         print(f"==> Triton, face_pipeline config {label}", flush=True)
         with TritonServer(config_name=config) as server:
-            entry = {name: triton(server.grpc_url, photos, seconds) for name, photos in sets.items()}
+            entry = {name: triton(server, photos, seconds) for name, photos in sets.items()}
             if not config:
-                entry["lfw_dlib"] = triton(server.grpc_url, sets["lfw"], seconds, embedder="dlib")
+                entry["lfw_dlib"] = triton(server, sets["lfw"], seconds, embedder="dlib")
                 print("==> verify through the gateway", flush=True)
                 results["verify"] = verify_end_to_end(server.grpc_url, pair, seconds)
             results[f"triton_{label}"] = entry
@@ -283,22 +318,25 @@ def bars(r: dict) -> dict:
     cpus = os.cpu_count() or 1
     t, c = r["triton_in_process_models"], r["in_process"]
     out = {f"throughput_ratio_{k}": round(t[k]["throughput_ips"] / c[k]["throughput_ips"], 3) for k in c}
+    out |= {f"cpu_efficiency_ratio_{k}": round(t[k]["images_per_cpu_s"] / c[k]["images_per_cpu_s"], 3) for k in c}
     out["verify_p50_over_model_compute"] = round(r["verify"]["p50_ms"] / r["model_compute_ms"]["verify_pair"], 2)
-    rate = r.get("peer", {}).get("throughput", {}).get("images_per_s")
-    if rate:
-        out["per_core_vs_peer_sface"] = round(t["lfw"]["throughput_ips"] / cpus / rate, 2)
-        out["per_core_vs_peer_dlib"] = round(t["lfw_dlib"]["throughput_ips"] / cpus / rate, 2)
+    peer = r.get("peer", {}).get("throughput", {})
+    if peer:
+        for embedder, key in (("sface", "lfw"), ("dlib", "lfw_dlib")):
+            out[f"per_core_vs_peer_{embedder}"] = round(t[key]["throughput_ips"] / cpus / peer["images_per_s"], 2)
+            out[f"per_cpu_s_vs_peer_{embedder}"] = round(t[key]["images_per_cpu_s"] / peer["images_per_cpu_s"], 2)
     return out
 
 
 def print_table(r: dict) -> None:
-    print(f"\n{'pipeline, images':<44}{'p50 ms':>9}{'p99 ms':>9}{'images/s':>10}")
+    print(f"\n{'pipeline, images':<48}{'p50 ms':>9}{'p99 ms':>9}{'images/s':>10}{'per CPU-s':>11}")
     rows = [("in process (ceiling)", r["in_process"]), ("Triton, CPU config (models in process)",
                                                         r["triton_in_process_models"]),
             ("Triton, composed config (BLS hops)", r["triton_composed"])]
     for label, entry in rows:
         for name, e in entry.items():
-            print(f"{label + ', ' + name:<44}{e['p50_ms']:>9.2f}{e['p99_ms']:>9.2f}{e['throughput_ips']:>10.1f}")
+            print(f"{label + ', ' + name:<48}{e['p50_ms']:>9.2f}{e['p99_ms']:>9.2f}{e['throughput_ips']:>10.1f}"
+                  f"{e['images_per_cpu_s']:>11.1f}")
     v, m = r["verify"], r["model_compute_ms"]
     print(f"\nverify end to end, concurrency 1: p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms "
           f"(gateway overhead p50 {v['gateway_overhead_p50_ms']:.1f} ms); model compute of the pair in process "
@@ -311,7 +349,8 @@ def print_table(r: dict) -> None:
           f"{d['pipeline_p50_ms']['full']:.0f} -> {d['pipeline_p50_ms']['reduced']:.0f} ms (full -> reduced decoding)")
     p = r.get("peer", {})
     if "throughput" in p:
-        print(f"face_recognition 1.3.0, one core: {p['throughput']['images_per_s']:.1f} images/s")
+        print(f"face_recognition 1.3.0, one core: {p['throughput']['images_per_s']:.1f} images/s, "
+              f"{p['throughput']['images_per_cpu_s']:.1f} per CPU-second")
     elif p:
         print(f"face_recognition: {p.get('skipped')}")
     print("\nbars:", json.dumps(r["bars"]))
