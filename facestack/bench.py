@@ -363,6 +363,8 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip face_recognition")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench" / "pipeline.json")
     args = parser.parse_args()
+    if not (args.lfw / "pairsDevTest.txt").is_file():
+        parser.error(f"no LFW View 1 at {args.lfw} (pairsDevTest.txt): pass --lfw DIR (make bench LFW=DIR)")
     print_table(run(args.seconds, args.lfw, args.out, with_peer=not args.no_peer))
     print(f"written to {args.out}")
 

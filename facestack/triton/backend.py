@@ -59,7 +59,7 @@ class OnnxModel:
 
 
 class PipelineModel:
-    """BLS: decode -> fit to a detector size -> detect -> decode + NMS -> align -> embed, per batch of images.
+    """The face pipeline: decode -> fit to a detector size -> detect -> NMS -> align -> embed, per batch of images.
 
     The parameter `composing_models` says where the detector and embedders run: "in_process" (CPU nodes:
     onnxruntime sessions inside this model's own process, no hop per model call) or "triton" (GPU nodes:
@@ -72,8 +72,8 @@ class PipelineModel:
         repository = Path(args["model_repository"]).parent
         self.detector = params.get("detector_model", DETECTOR_MODEL)
         self.embed_batch = int(params.get("embedder_max_batch", "64"))
-        embedders = dict(item.split("=") for item in params["embedders"].split(",")) if "embedders" in params \
-            else EMBEDDER_MODELS
+        listed = params.get("embedders")  # "sface=face_embedder,dlib=face_embedder_dlib"
+        embedders = dict(item.split("=") for item in listed.split(",")) if listed else EMBEDDER_MODELS
         specs, self.versions = embedder_specs(repository, embedders)
         self.models = {spec.name: spec.model for spec in specs}
         self.default_embedder = params.get("default_embedder", "sface")
