@@ -13,11 +13,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-# Optimisation profiles (min, opt, max) per model input, matching max_batch_size in the configs.
-PROFILES: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
-    "face_detector": ((1, 3, 640, 640), (4, 3, 640, 640), (16, 3, 640, 640)),
-    "face_embedder": ((1, 3, 112, 112), (16, 3, 112, 112), (64, 3, 112, 112)),
-    "face_embedder_dlib": ((1, 3, 150, 150), (16, 3, 150, 150), (64, 3, 150, 150)),
+from facestack.pipeline.image import DETECTOR_SIZES_DEFAULT
+
+Profile = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+# Optimisation profiles (min, opt, max) per model input, matching max_batch_size in the configs; the
+# detector has one per detector size the pipeline uses (configs/plan.pbtxt lists them for its instances).
+PROFILES: dict[str, list[Profile]] = {
+    "face_detector": [((1, 3, s, s), (4, 3, s, s), (16, 3, s, s)) for s in DETECTOR_SIZES_DEFAULT],
+    "face_embedder": [((1, 3, 112, 112), (16, 3, 112, 112), (64, 3, 112, 112))],
+    "face_embedder_dlib": [((1, 3, 150, 150), (16, 3, 150, 150), (64, 3, 150, 150))],
 }
 
 
@@ -39,7 +43,7 @@ def check_environment() -> None:
                                   "; on CPU machines Triton runs the ONNX models instead (config.pbtxt)")
 
 
-def build_plan(onnx_path: Path, plan_path: Path, profile: tuple[tuple[int, ...], ...]) -> None:
+def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile]) -> None:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -51,9 +55,10 @@ def build_plan(onnx_path: Path, plan_path: Path, profile: tuple[tuple[int, ...],
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_flag(trt.BuilderFlag.FP16)
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(network.get_input(0).name, *profile)
-    config.add_optimization_profile(opt_profile)
+    for profile in profiles:
+        opt_profile = builder.create_optimization_profile()
+        opt_profile.set_shape(network.get_input(0).name, *profile)
+        config.add_optimization_profile(opt_profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build a plan for {onnx_path}")
@@ -64,9 +69,9 @@ def build_plan(onnx_path: Path, plan_path: Path, profile: tuple[tuple[int, ...],
 
 def build_all(repository: Path) -> None:
     check_environment()
-    for model, profile in PROFILES.items():
+    for model, profiles in PROFILES.items():
         onnx_path = repository / model / "1" / "model.onnx"
         if not onnx_path.exists():
             raise RuntimeError(f"{onnx_path} is missing: export the ONNX models first")
-        build_plan(onnx_path, onnx_path.with_name("model.plan"), profile)
+        build_plan(onnx_path, onnx_path.with_name("model.plan"), profiles)
         print(f"  {model}: TensorRT FP16 plan -> {onnx_path.with_name('model.plan')}", flush=True)

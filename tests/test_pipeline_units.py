@@ -6,9 +6,22 @@ import cv2
 import numpy as np
 import pytest
 
+from export import artifacts
 from facestack.pipeline import detection, quality
 from facestack.pipeline.alignment import align, similarity_transform
-from facestack.pipeline.image import ImageError, decode, letterbox, sniff_format, to_nchw
+from facestack.pipeline.image import (
+    DETECTOR_SIZES_DEFAULT,
+    ImageError,
+    decode,
+    decode_reduced,
+    detector_size,
+    fit,
+    letterbox,
+    reduction,
+    sniff_format,
+    to_nchw,
+)
+from facestack.pipeline.runtime import onnx_session
 
 ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
                     [70.7299, 92.2041]])
@@ -68,6 +81,93 @@ def test_letterbox_scales_longer_side_and_pads(gradient: np.ndarray) -> None:
     assert lb.canvas[480:].max() == 0  # padding below the 90 * 5.33 = 480 rows of image
     assert lb.canvas[:470, :630].mean() > 0
     assert to_nchw([lb.canvas, lb.canvas]).shape == (2, 3, 640, 640)
+
+
+@pytest.mark.parametrize(("shape", "size"), [((90, 120), 320), ((250, 250), 320), ((320, 200), 320),
+                                             ((321, 100), 480), ((480, 470), 480), ((481, 300), 640),
+                                             ((1137, 910), 640), ((4032, 3024), 640)])
+def test_detector_size_is_the_smallest_that_holds_the_photo(shape: tuple[int, int], size: int) -> None:
+    assert detector_size(*shape) == size
+    image = np.zeros((*shape, 3), np.uint8)
+    lb = fit(image)
+    assert lb.canvas.shape == (size, size, 3)
+    # Scaled so the longer side fills the size: upscaled at most to the smallest size that holds it.
+    assert lb.scale == pytest.approx(size / max(shape))
+
+
+def test_fit_at_the_exact_size_copies_pixels() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (320, 240, 3), dtype=np.uint8)
+    lb = fit(image)
+    assert lb.scale == 1 and np.array_equal(lb.canvas[:, :240], image) and lb.canvas[:, 240:].max() == 0
+
+
+@pytest.mark.parametrize(("long_side", "factor"), [(250, 1), (2557, 1), (2560, 2), (4032, 2), (5115, 2),
+                                                   (5120, 4), (10240, 8), (20000, 8)])
+def test_reduction_keeps_the_long_side_at_least_1280(long_side: int, factor: int) -> None:
+    assert reduction(long_side, 1280) == factor
+    assert reduction(long_side, 0) == 1
+
+
+def _jpeg(image: np.ndarray, orientation: int | None = None) -> bytes:
+    """JPEG bytes, optionally with an EXIF Orientation tag (Pillow writes it)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    Image.fromarray(image[..., ::-1]).save(out, "JPEG", quality=95, exif=exif.tobytes())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [None, 6])
+def test_decode_reduced_shrinks_large_jpegs_and_reports_the_original_size(orientation: int | None) -> None:
+    y, x = np.mgrid[0:2600, 0:3000]
+    image = np.dstack([x % 256, y % 256, (x // 16 + y // 16) % 256]).astype(np.uint8)
+    data = _jpeg(image, orientation)
+    full = decode_reduced(data)
+    reduced = decode_reduced(data, min_long_side=1280)
+    assert full.factor == 1 and reduced.factor == 2
+    turned = orientation == 6  # rotated 90 degrees on decoding: height and width swap
+    assert full.size == full.image.shape[:2] == ((3000, 2600) if turned else (2600, 3000))
+    assert reduced.size == full.size and reduced.image.shape[:2] == (full.size[0] // 2, full.size[1] // 2)
+    # Same picture at half size (pixel = original / factor).
+    shrunk = cv2.resize(full.image, reduced.image.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(shrunk.astype(int) - reduced.image).mean() < 8
+    # Small photos, PNGs and a zero minimum are decoded at full size.
+    assert decode_reduced(_jpeg(image[:1000, :1000]), min_long_side=1280).factor == 1
+    assert decode_reduced(_encode(".png", image), min_long_side=1280).factor == 1
+
+
+def test_decode_reduced_checks_the_pixel_limit_on_the_original_size() -> None:
+    data = _jpeg(np.zeros((2600, 3000, 3), np.uint8))
+    with pytest.raises(ImageError) as err:
+        decode_reduced(data, max_pixels=3000 * 2600 - 1, min_long_side=1280)
+    assert err.value.code == "image_too_large"
+
+
+@pytest.mark.parametrize("size", DETECTOR_SIZES_DEFAULT)
+@pytest.mark.parametrize("name", ["obama.jpg", "sample1.jpg", "sample5.jpg"])
+def test_detections_at_each_detector_size_match_opencv(name: str, size: int) -> None:
+    """The served detector + facestack's decoder vs cv2.FaceDetectorYN set to the same input size."""
+    image = cv2.imread(str(artifacts.photo(name)))
+    scale = size / max(image.shape[:2]) * 0.9  # a photo that this size is the smallest to hold
+    canvas = fit(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)).canvas
+    assert canvas.shape[0] == size
+    session = onnx_session(artifacts.REPO_ROOT / "model_repository" / "face_detector" / "1" / "model.onnx", 2)
+    names = list(detection.OUTPUT_NAMES)
+    outputs = dict(zip(names, session.run(names, {"input": to_nchw([canvas], np.uint8)}), strict=True))
+    ours = detection.decode({k: v[0] for k, v in outputs.items()}, size, size, 0.6, 0.3)
+    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(artifacts.YUNET)), "", (size, size), 0.6, 0.3, 5000)
+    ref = detector.detect(canvas)[1]
+    ref = ref[np.argsort(-ref[:, -1])]
+    assert len(ours) == len(ref) > 0
+    np.testing.assert_allclose(ours.boxes, np.column_stack([ref[:, :2], ref[:, :2] + ref[:, 2:4]]), atol=1.0)
+    np.testing.assert_allclose(ours.landmarks, ref[:, 4:14].reshape(-1, 5, 2), atol=1.0)
+    np.testing.assert_allclose(ours.scores, ref[:, -1], atol=1e-4)
 
 
 def test_similarity_transform_recovers_a_known_similarity() -> None:

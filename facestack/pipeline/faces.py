@@ -1,8 +1,8 @@
 """The image -> faces -> embeddings pipeline, independent of where the models run.
 
-The Triton BLS model (`model_repository/face_pipeline`) runs it with the detector and embedders as
-Triton models; the benchmark runs the very same code with in-process onnxruntime sessions, which is the
-ceiling Triton is measured against.
+`model_repository/face_pipeline` runs it inside Triton with the detector and embedders either as
+onnxruntime sessions in its own process (CPU nodes) or as Triton models called through BLS (GPU nodes);
+the benchmark runs the very same code with in-process sessions as the ceiling Triton is measured against.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ import numpy as np
 
 from facestack.pipeline import detection, quality
 from facestack.pipeline.alignment import align
-from facestack.pipeline.image import ImageError, decode, letterbox, to_nchw
+from facestack.pipeline.image import (
+    DETECTOR_SIZES_DEFAULT,
+    MAX_PIXELS_DEFAULT,
+    Decoded,
+    ImageError,
+    decode_reduced,
+    fit,
+    to_nchw,
+)
 
 # detect(NCHW uint8 BGR batch) -> YuNet outputs, each with a leading batch axis
 DetectFn = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -59,49 +67,60 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 class FacePipeline:
     def __init__(self, detect: DetectFn, embed: EmbedFn, embedders: Sequence[EmbedderSpec],
-                 detector_size: int = 640, score_threshold: float = 0.6, nms_threshold: float = 0.3,
-                 max_pixels: int = 40_000_000) -> None:
+                 detector_sizes: Sequence[int] = DETECTOR_SIZES_DEFAULT, score_threshold: float = 0.6,
+                 nms_threshold: float = 0.3, max_pixels: int = MAX_PIXELS_DEFAULT,
+                 decode_min_long_side: int = 1280) -> None:
+        """`detector_sizes`: square detector inputs an image is fitted into (see image.fit);
+        `decode_min_long_side`: large JPEGs are decoded at 1/2-1/8 scale down to this longer side (0 = never)."""
         self._detect = detect
         self._embed = embed
         self.embedders = {spec.name: spec for spec in embedders}
-        self.detector_size = detector_size
+        self.detector_sizes = tuple(sorted(detector_sizes))
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_pixels = max_pixels
+        self.decode_min_long_side = decode_min_long_side
 
     def run(self, images: Sequence[bytes], options: Sequence[Options]) -> list[Faces | ImageError]:
-        """Process a batch of encoded images: one detector call, then one embedder call per embedder."""
+        """Process a batch of encoded images: one detector call per detector size in use, then one embedder
+        call per embedder."""
         results: list[Faces | ImageError | None] = [None] * len(images)
-        decoded: dict[int, np.ndarray] = {}
+        decoded: dict[int, Decoded] = {}
         for i, (data, opts) in enumerate(zip(images, options, strict=True)):
             try:
                 if opts.embedder not in self.embedders:
                     raise ImageError("invalid_argument", f"unknown embedder {opts.embedder!r}; "
                                      f"choose one of {sorted(self.embedders)}")
-                decoded[i] = decode(data, self.max_pixels)
+                decoded[i] = decode_reduced(data, self.max_pixels, self.decode_min_long_side)
             except ImageError as exc:
                 results[i] = exc
-        if not decoded:
-            return results  # type: ignore[return-value]
 
-        boxes = {i: letterbox(img, self.detector_size) for i, img in decoded.items()}
-        outputs = self._detect(to_nchw([b.canvas for b in boxes.values()], np.uint8))
+        # Images of one detector size go to the detector together.
+        fitted = {i: fit(d.image, self.detector_sizes) for i, d in decoded.items()}
+        found: dict[int, detection.Detections] = {}
+        for size in self.detector_sizes:
+            group = [i for i, lb in fitted.items() if lb.canvas.shape[0] == size]
+            if not group:
+                continue
+            outputs = self._detect(to_nchw([fitted[i].canvas for i in group], np.uint8))
+            for row, i in enumerate(group):
+                faces = detection.decode({k: v[row] for k, v in outputs.items()}, size, size,
+                                         self.score_threshold, self.nms_threshold)
+                # Into the original photo's pixels (the decoded image may be reduced by `factor`).
+                found[i] = faces.scaled(decoded[i].factor / fitted[i].scale)
+
         crops: dict[str, list[tuple[int, np.ndarray]]] = {}
-        for row, (i, lb) in enumerate(boxes.items()):
+        for i, d in decoded.items():
             opts = options[i]
-            found = detection.decode({k: v[row] for k, v in outputs.items()}, self.detector_size,
-                                     self.detector_size, self.score_threshold, self.nms_threshold)
-            faces = detection.select(found.scaled(1 / lb.scale), opts.max_faces, opts.min_face_size)
+            faces = detection.select(found[i], opts.max_faces, opts.min_face_size)
             spec = self.embedders[opts.embedder]
-            image = decoded[i]
-            aligned = [align(image, lm, spec.template, spec.size) for lm in faces.landmarks]
+            aligned = [align(d.image, lm / d.factor, spec.template, spec.size) for lm in faces.landmarks]
             qualities = [quality.measure(box, lm, crop)
                          for box, lm, crop in zip(faces.boxes, faces.landmarks, aligned, strict=True)]
             results[i] = Faces(
                 boxes=faces.boxes, scores=faces.scores, landmarks=faces.landmarks,
                 quality=np.array(qualities, np.float32).reshape(-1, len(quality.FIELDS)),
-                image_size=(image.shape[0], image.shape[1]), embedder=spec,
-                embeddings=np.zeros((0, spec.dim), np.float32),
+                image_size=d.size, embedder=spec, embeddings=np.zeros((0, spec.dim), np.float32),
             )
             crops.setdefault(spec.name, []).extend((i, c) for c in aligned)
 

@@ -1,10 +1,25 @@
-"""onnxruntime sessions as facestack runs them: in Triton's python backend and in the benchmark's ceiling."""
+"""Where the pipeline's models run in process: onnxruntime sessions over the exported model repository.
+
+Used by `face_pipeline` on CPU nodes (its detector and embedders as sessions inside its own Triton
+python-model process) and by the benchmark as the ceiling; also the sessions of the python-backend
+composing models.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
+
+from facestack.pipeline import detection
+from facestack.pipeline.faces import EmbedderSpec
+
+DETECTOR_MODEL = "face_detector"
+# Embedder name (the API's `embedder`) -> the model in the repository.
+EMBEDDER_MODELS = {"sface": "face_embedder", "dlib": "face_embedder_dlib"}
 
 
 def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
@@ -15,3 +30,45 @@ def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
     # burn the CPU another model needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def latest_version(model_dir: Path) -> tuple[str, dict]:
+    """The newest exported version of a model (the one Triton serves by default) and its manifest."""
+    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()
+                       and (p / "manifest.json").exists()), reverse=True)
+    if not versions:
+        raise FileNotFoundError(f"no exported version with manifest.json under {model_dir} (run `python -m export`)")
+    return str(versions[0]), json.loads((model_dir / str(versions[0]) / "manifest.json").read_text())
+
+
+def embedder_specs(repository: Path, models: Mapping[str, str] = EMBEDDER_MODELS
+                   ) -> tuple[list[EmbedderSpec], dict[str, str]]:
+    """Each embedder's alignment spec from its manifest, and its served "model:version" by name."""
+    specs, versions = [], {}
+    for name, model in models.items():
+        version, manifest = latest_version(repository / model)
+        align = manifest["alignment"]
+        specs.append(EmbedderSpec(name, model, np.asarray(align["template"], np.float64), align["size"][0],
+                                  manifest["embedding"]["dim"]))
+        versions[name] = f"{model}:{version}"
+    return specs, versions
+
+
+class InProcessModels:
+    """The detector and embedders as onnxruntime sessions in this process: FacePipeline's detect and embed."""
+
+    def __init__(self, repository: Path, specs: list[EmbedderSpec], threads: int,
+                 detector: str = DETECTOR_MODEL) -> None:
+        def session(model: str) -> ort.InferenceSession:
+            version, _ = latest_version(repository / model)
+            return onnx_session(repository / model / version / "model.onnx", threads)
+
+        self.detector = session(detector)
+        self.embedders = {spec.name: session(spec.model) for spec in specs}
+        self._outputs = list(detection.OUTPUT_NAMES)
+
+    def detect(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self.detector.run(self._outputs, {"input": batch}), strict=True))
+
+    def embed(self, embedder: str, crops: np.ndarray) -> np.ndarray:
+        return self.embedders[embedder].run(["embedding"], {"input": crops})[0]

@@ -1,7 +1,7 @@
 """Triton python-backend models. Imported only inside Triton's stub (triton_python_backend_utils exists there).
 
 `OnnxModel` runs a model's `model.onnx` with onnxruntime: the CPU stand-in for Triton's onnxruntime
-backend, which no registry ships off-GPU. `PipelineModel` is the BLS face pipeline.
+backend, which no registry ships off-GPU. `PipelineModel` is the face pipeline (in-process models or BLS).
 """
 
 from __future__ import annotations
@@ -13,9 +13,15 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from facestack.pipeline import detection
-from facestack.pipeline.faces import EmbedderSpec, FacePipeline, Faces, Options
-from facestack.pipeline.image import ImageError
-from facestack.pipeline.runtime import onnx_session
+from facestack.pipeline.faces import FacePipeline, Faces, Options
+from facestack.pipeline.image import DETECTOR_SIZES_DEFAULT, MAX_PIXELS_DEFAULT, ImageError
+from facestack.pipeline.runtime import (
+    DETECTOR_MODEL,
+    EMBEDDER_MODELS,
+    InProcessModels,
+    embedder_specs,
+    onnx_session,
+)
 
 
 def _parameters(config: dict) -> dict[str, str]:
@@ -52,40 +58,42 @@ class OnnxModel:
                 for arrays in per_request]
 
 
-def _latest_manifest(model_dir: Path) -> tuple[str, dict]:
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()
-                       and (p / "manifest.json").exists()), reverse=True)
-    if not versions:
-        raise FileNotFoundError(f"no exported version with manifest.json under {model_dir} (run `python -m export`)")
-    return str(versions[0]), json.loads((model_dir / str(versions[0]) / "manifest.json").read_text())
-
-
 class PipelineModel:
-    """BLS: decode -> letterbox -> face_detector -> decode + NMS -> align -> embedder, per batch of images."""
+    """The face pipeline: decode -> fit to a detector size -> detect -> NMS -> align -> embed, per batch of images.
+
+    The parameter `composing_models` says where the detector and embedders run: "in_process" (CPU nodes:
+    onnxruntime sessions inside this model's own process, no hop per model call) or "triton" (GPU nodes:
+    BLS calls to face_detector and face_embedder*, which run in Triton's native backends there).
+    """
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = _parameters(config)
         repository = Path(args["model_repository"]).parent
-        self.detector = params.get("detector_model", "face_detector")
+        self.detector = params.get("detector_model", DETECTOR_MODEL)
         self.embed_batch = int(params.get("embedder_max_batch", "64"))
-        specs = []
-        self.versions: dict[str, str] = {}
-        for item in params.get("embedders", "sface=face_embedder,dlib=face_embedder_dlib").split(","):
-            name, model = item.split("=")
-            version, manifest = _latest_manifest(repository / model)
-            align = manifest["alignment"]
-            specs.append(EmbedderSpec(name, model, np.asarray(align["template"], np.float64), align["size"][0],
-                                      manifest["embedding"]["dim"]))
-            self.versions[name] = f"{model}:{version}"
+        listed = params.get("embedders")  # "sface=face_embedder,dlib=face_embedder_dlib"
+        embedders = dict(item.split("=") for item in listed.split(",")) if listed else EMBEDDER_MODELS
+        specs, self.versions = embedder_specs(repository, embedders)
         self.models = {spec.name: spec.model for spec in specs}
         self.default_embedder = params.get("default_embedder", "sface")
+        self.composing = params.get("composing_models", "in_process")
+        if self.composing == "in_process":
+            local = InProcessModels(repository, specs, int(params.get("intra_op_threads", "0")), self.detector)
+            detect, embed = local.detect, local.embed
+        elif self.composing == "triton":
+            detect, embed = self._detect, self._embed
+        else:
+            raise pb_utils.TritonModelException(
+                f"composing_models must be in_process or triton, not {self.composing!r}")
+        sizes = params.get("detector_sizes", ",".join(map(str, DETECTOR_SIZES_DEFAULT)))
         self.pipeline = FacePipeline(
-            self._detect, self._embed, specs,
-            detector_size=int(params.get("detector_size", "640")),
+            detect, embed, specs,
+            detector_sizes=[int(v) for v in sizes.split(",")],
             score_threshold=float(params.get("score_threshold", "0.6")),
             nms_threshold=float(params.get("nms_threshold", "0.3")),
-            max_pixels=int(params.get("max_pixels", "40000000")),
+            max_pixels=int(params.get("max_pixels", str(MAX_PIXELS_DEFAULT))),
+            decode_min_long_side=int(params.get("decode_min_long_side", "1280")),
         )
 
     @staticmethod

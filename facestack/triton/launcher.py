@@ -92,6 +92,11 @@ class TritonServer:
         self._log: deque[str] = deque(maxlen=400)
 
     @property
+    def pid(self) -> int | None:
+        """The server's process id, which is also its process group's (it starts in a session of its own)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def http_url(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
