@@ -126,15 +126,16 @@ def test_erase_face_subject_gallery_with_receipts(gw, acme, img, make_gallery, p
     assert verify_chain(Path(gw.settings.data_dir) / "audit.jsonl") == len(events)
 
 
-def test_audit_has_decisions_without_images_or_templates(gw, acme, img, make_gallery, default_point) -> None:
+def test_audit_has_decisions_without_images_or_templates(gw, acme, img, make_gallery) -> None:
     gallery = make_gallery({"biden": ["biden.jpg"]})
     rid = "audit-check-1"
-    acme.post("/v1/identify", files={"probe": img.photo("biden.jpg")}, data={"gallery": gallery},
-              headers={"X-Request-ID": rid})
+    answer = acme.post("/v1/identify", files={"probe": img.photo("biden.jpg")}, data={"gallery": gallery},
+                       headers={"X-Request-ID": rid}).json()
     (event,) = [e for e in audit_events(gw) if e.get("request_id") == rid]
     assert event["operation"] == "identify" and event["decision"] == "match" and event["subject"] == "biden"
     assert event["tenant"] == "acme" and event["gallery"] == gallery and event["model"] == "face_embedder:1"
-    assert event["threshold"] == pytest.approx(default_point["face_embedder"][1]) and 0 < event["similarity"] <= 1
+    assert event["threshold"] == answer["threshold"] and 0 < event["similarity"] <= 1
+    assert (event["operating_point"], event["fpir"], event["templates"]) == ("fpir_1e-2", 0.01, 1)
     raw = (Path(gw.settings.data_dir) / "audit.jsonl").read_text()
     assert "image_base64" not in raw and "vector" not in raw and "embedding" not in raw
     assert max(len(line) for line in raw.splitlines()) < 1000  # no 128-float template hides in a line
