@@ -72,12 +72,12 @@ async function call(method, path, { json, form } = {}) {
 }
 
 const EXPLAIN = {
-  401: "The API key is missing or not recognised. Paste a valid key above (`make run` prints one; " +
-       "`python -m gateway.auth new` mints more).",
-  403: "The key is valid but lacks the scope for this action: `verify` for detect, verify and identify; " +
-       "`enrol` for subjects and photos; `admin` for creating and erasing galleries.",
+  401: "The API key is missing or not recognised. Paste a valid key above (make run prints one; " +
+       "python -m gateway.auth new mints more).",
+  403: "The key is valid but lacks the scope for this action: \"verify\" for detect, verify and identify; " +
+       "\"enrol\" for subjects and photos; \"admin\" for creating and erasing galleries.",
   429: "Too many requests: this key's rate limit, or the server's queue, is full. Nothing was done; try again",
-  503: "A backend (Triton or Milvus) is unavailable. Nothing was done; try again",
+  503: "A backend (Triton or Milvus) is unavailable; try again",
 };
 
 // Messages belong to the last action: a new one clears them.

@@ -9,7 +9,6 @@ temporary directory.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from facestack.triton.launcher import free_port
-from gateway.auth import hash_key, new_key
-from gateway.process import GatewayProcess
+from tests.client.conftest import running_gateway
+from tests.reliability.harness import write_keys
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -58,13 +57,6 @@ class Console:
         page.screenshot(path=str(self.shots / f"{name}.jpg"), full_page=True, type="jpeg", quality=85)
 
 
-def _keys_file(path: Path) -> dict[str, str]:
-    keys = {name: new_key() for name in KEYS}
-    path.write_text(json.dumps({"keys": [{"id": f"console-{name}", "tenant": "console", "scopes": scopes,
-                                          "hash": hash_key(keys[name])} for name, scopes in KEYS.items()]}))
-    return keys
-
-
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     reason = install_chromium()
@@ -76,10 +68,10 @@ def chromium() -> Path:
 @pytest.fixture(scope="module")
 def console(chromium, triton, tmp_path_factory) -> Iterator[Console]:
     data = tmp_path_factory.mktemp("console-gateway")
-    keys = _keys_file(data / "keys.json")
+    keys = write_keys(data / "keys.json", {name: ("console", scopes) for name, scopes in KEYS.items()})
     shots = Path(os.environ.get("FACESTACK_CONSOLE_SHOTS") or tmp_path_factory.mktemp("console-shots"))
     shots.mkdir(parents=True, exist_ok=True)
-    with GatewayProcess(data, triton.grpc_url, data / "keys.json") as gateway:
+    with running_gateway(data, triton.grpc_url, data / "keys.json") as gateway:
         gateway.wait_ready()
         yield Console(gateway.url, keys, shots)
 
@@ -89,8 +81,8 @@ def limited(chromium, tmp_path_factory) -> Iterator[Console]:
     """A gateway allowing each key 1 request every 5 s, with a Triton address nothing listens on: real 429s
     and 503s for the console to explain."""
     data = tmp_path_factory.mktemp("console-limited")
-    keys = _keys_file(data / "keys.json")
-    with GatewayProcess(data, f"127.0.0.1:{free_port()}", data / "keys.json", gateway_rate_limit_rps=0.2,
+    keys = write_keys(data / "keys.json", {name: ("console", scopes) for name, scopes in KEYS.items()})
+    with running_gateway(data, f"127.0.0.1:{free_port()}", data / "keys.json", gateway_rate_limit_rps=0.2,
                         gateway_rate_limit_burst=1, gateway_backend_retry_after_s=7) as gateway:
         yield Console(gateway.url, keys, Path(tmp_path_factory.mktemp("limited-shots")))
 
