@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 
 from facestack.settings import Settings, get_settings
 from gateway import errors
@@ -109,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recognition.router)
     app.include_router(galleries.router)
     app.include_router(health.router)
+    # The web console (docs/console.md): static files from the package, no key needed to load them.
+    app.mount("/console", StaticFiles(directory=Path(__file__).parent / "console", html=True), name="console")
 
     def openapi() -> dict:
         if app.openapi_schema is None:
