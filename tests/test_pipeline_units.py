@@ -83,7 +83,7 @@ def test_letterbox_scales_longer_side_and_pads(gradient: np.ndarray) -> None:
     assert to_nchw([lb.canvas, lb.canvas]).shape == (2, 3, 640, 640)
 
 
-@pytest.mark.parametrize(("shape", "size"), [((90, 120), 320), ((250, 250), 320), ((320, 200), 320),
+@pytest.mark.parametrize(("shape", "size"), [((90, 120), 480), ((250, 250), 480), ((320, 200), 480),
                                              ((321, 100), 480), ((480, 470), 480), ((481, 300), 640),
                                              ((1137, 910), 640), ((4032, 3024), 640)])
 def test_detector_size_is_the_smallest_that_holds_the_photo(shape: tuple[int, int], size: int) -> None:
@@ -97,9 +97,9 @@ def test_detector_size_is_the_smallest_that_holds_the_photo(shape: tuple[int, in
 
 def test_fit_at_the_exact_size_copies_pixels() -> None:
     rng = np.random.default_rng(2)
-    image = rng.integers(0, 255, (320, 240, 3), dtype=np.uint8)
+    image = rng.integers(0, 255, (480, 360, 3), dtype=np.uint8)
     lb = fit(image)
-    assert lb.scale == 1 and np.array_equal(lb.canvas[:, :240], image) and lb.canvas[:, 240:].max() == 0
+    assert lb.scale == 1 and np.array_equal(lb.canvas[:, :360], image) and lb.canvas[:, 360:].max() == 0
 
 
 @pytest.mark.parametrize(("long_side", "factor"), [(250, 1), (2557, 1), (2560, 2), (4032, 2), (5115, 2),

@@ -196,7 +196,7 @@ def test_in_process_and_composed_paths_give_the_same_faces(client, composed, pho
 @pytest.mark.parametrize("name", ["sample1.jpg", "sample2.jpg", "sample4.jpg", "sample5.jpg", "sample6.jpg"])
 @pytest.mark.parametrize("long_side", [450, 300])
 def test_smaller_detector_sizes_keep_the_faces_found_at_640(client, name: str, long_side: int) -> None:
-    """Group photos shrunk to 450/300 px go to the 480/320 px detector instead of being upscaled to 640:
+    """Group photos shrunk to 450/300 px go to the 480 px detector instead of being upscaled to 640:
     every face the 640 px letterbox finds (OpenCV's detector) is still found. (At 200 px one face of 23 is
     lost: 17 px wide at the border of sample1, docs/benchmarks.md.)"""
     image = _resized(name, long_side)

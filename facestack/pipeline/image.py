@@ -17,8 +17,10 @@ _SIGNATURES: tuple[tuple[str, bytes], ...] = (
 )
 MAX_PIXELS_DEFAULT = 40_000_000
 # Detector input sizes (square, multiples of 32): an image is scaled into the smallest that holds its longer
-# side. No 160: photos of 100-150 px scaled to 160 lost faces of 12-16 px that 320 (and 640) still find.
-DETECTOR_SIZES_DEFAULT = (320, 480, 640)
+# side. No 160: photos of 100-150 px scaled to 160 lost faces of 12-16 px that 320 (and 640) still find. No 320
+# by default: on LFW (250 px photos) it cost SFace 0.3 points of View 1 accuracy, dlib 2 points of TAR at FMR
+# 1e-3, and noisier landmarks doubled the pose gate's refusals, where 480 matched 640 (docs/accuracy.md).
+DETECTOR_SIZES_DEFAULT = (480, 640)
 # libjpeg decodes directly at 1/2, 1/4 or 1/8 of the size (far less work than a full decode + resize).
 _REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
