@@ -127,7 +127,7 @@ def _pick(rows: list[dict]) -> dict:
 
 class Store:
     def __init__(self, uri: str, token: str = "", *, timeout: float, workers: int, metrics: Metrics,
-                 retry_after: int, bounded_staleness_s: float = 5.0) -> None:
+                 retry_after: int, bounded_staleness_s: float = 5.0, min_ef: int = MIN_EF) -> None:
         self.uri = uri
         self.lite = uri.endswith(".db")
         self.token = token
@@ -136,6 +136,7 @@ class Store:
         self.retry_after = retry_after
         # Milvus Lite reads its own writes at once; a server's Bounded reads lag at most common.gracefulTime.
         self.staleness_s = 0.0 if self.lite else bounded_staleness_s
+        self.min_ef = min_ef  # HNSW search breadth: ef = max(min_ef, hits asked for)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="milvus")
         self._write_lock = threading.Lock()
         self._connect_lock = threading.Lock()
@@ -632,7 +633,7 @@ class Store:
             while True:
                 found = c.search(name, data=data, filter=flt, limit=limit, output_fields=["subject", "generation"],
                                  anns_field="vector",
-                                 search_params={"metric_type": "COSINE", "params": {"ef": max(MIN_EF, limit)}},
+                                 search_params={"metric_type": "COSINE", "params": {"ef": max(self.min_ef, limit)}},
                                  consistency_level=self._level(name), timeout=self.timeout)[0]
                 best: dict[tuple[str, str], Hit] = {}
                 for hit in found:
