@@ -28,10 +28,10 @@ Across gateway replicas there is no lock, so every check-then-write is followed 
   delete templates once more (a late enrolment's rows) and count what remains. Only then is the receipt
   issued: from that moment no read on any replica (all reads are Bounded or stronger) sees the subject.
 
-Reads are Bounded (staleness at most `bounded_staleness_s`), or Session for a collection this process wrote
-within that window (so a replica reads its own writes). On Milvus Lite (one process, read-your-writes)
-consistency levels change nothing, and every write runs under one lock (field notes: concurrent writers
-to Milvus Lite lose acknowledged rows after kill -9).
+Reads are Bounded (staleness at most `bounded_staleness_s`), or Session for a collection this process began
+writing within that window (so a replica reads its own writes; never weaker than Bounded). On Milvus Lite
+(one process, read-your-writes) consistency levels change nothing, and every write runs under one lock
+(field notes: concurrent writers to Milvus Lite lose acknowledged rows after kill -9).
 
 Tenant isolation lives here: every filter starts with the caller's tenant and every record key includes
 it; ids are quoted with `quote()` (field notes: filter templates fail in Lite, and an unescaped quote in
@@ -268,23 +268,25 @@ class Store:
         return None if self.lite else self.timeout
 
     def _level(self, collection: str) -> str:
-        """Session (read this process' writes) within the staleness window after writing here, else Bounded."""
-        written = self._written.get(collection)
-        recent = written is not None and time.monotonic() - written < self.staleness_s + 1
-        return "Session" if recent else "Bounded"
+        """Session within the staleness window after this process began writing the collection (its guarantee,
+        that write's timestamp, is then no older than Bounded's, and it includes the write), else Bounded.
+        Either way a read sees every write older than the window: what erasure receipts rely on."""
+        began = self._written.get(collection)
+        return "Session" if began is not None and time.monotonic() - began < self.staleness_s else "Bounded"
 
-    def _wrote(self, *collections: str) -> None:
+    def _writing(self, *collections: str) -> None:
+        """Called before a write: its timestamp is then no older than the time noted here."""
         now = time.monotonic()
         for name in collections:
             self._written[name] = now
 
     def _insert(self, c: MilvusClient, name: str, rows: list[dict]) -> None:
+        self._writing(name)
         c.insert(name, rows, timeout=self._wt)
-        self._wrote(name)
 
     def _delete(self, c: MilvusClient, name: str, **where: Any) -> None:
+        self._writing(name)
         c.delete(name, timeout=self._wt, **where)
-        self._wrote(name)
 
     async def start(self) -> None:
         try:
@@ -492,8 +494,8 @@ class Store:
         def write(c: MilvusClient) -> dict:
             row = self._get_subject(c, tenant, gallery, subject, "Strong")
             row.update(changes, updated=now_ms(), key=record_key(tenant, gallery, subject), v=_PLACEHOLDER)
+            self._writing(SUBJECTS)
             c.upsert(SUBJECTS, [row], timeout=self._wt)  # same pk; this collection has no partition key
-            self._wrote(SUBJECTS)
             return row
 
         return await self._run("update_subject", write, write=True)
@@ -669,6 +671,6 @@ class Store:
                     "v": _PLACEHOLDER} for owner, gen in subjects.items()]
         with self._write_lock:
             self._ensure(client, name, dim)
+            self._writing(SUBJECTS, name)
             client.insert(SUBJECTS, records, timeout=self._wt)
             client.insert(name, rows, timeout=self._wt)
-            self._wrote(SUBJECTS, name)

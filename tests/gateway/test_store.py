@@ -113,9 +113,7 @@ def test_orphan_templates_are_never_returned(store) -> None:
         # a template of a generation that has no record (what a racing enrolment leaves for an instant)
         orphan = {"face_id": "f" * 32, "tenant": tenant, "gallery": "g", "subject": "alice", "generation": "old",
                   "created": 0, "model": f"{MODEL}:{VERSION}", "vector": vectors[1].tolist()}
-        client = store._connect()
-        client.insert(template_collection(MODEL, VERSION), [orphan])
-        store._wrote(template_collection(MODEL, VERSION))
+        store._insert(store._connect(), template_collection(MODEL, VERSION), [orphan])
         hits = await store.search(tenant, "g", MODEL, VERSION, vectors[1], 5, 8)
         assert [h.subject for h in hits] == ["alice"] and hits[0].face_id != "f" * 32
         assert len(await store.subject_templates(tenant, "g", "alice", MODEL, VERSION)) == 1
