@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint models peer bench bench-gateway eval loadtest soak clean
+.PHONY: run test lint models peer bench bench-gateway bench-milvus eval loadtest soak clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (facestack needs Python 3.11)"; exit 1; }
@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 models: $(STAMP)
 	@$(PY) -m export --if-missing
 
+# MILVUS=server: a real Milvus 2.3.5 server (from the milvus wheel) instead of the Milvus Lite file
 run: models
-	@$(PY) -m gateway.local
+	@$(PY) -m gateway.local $(if $(filter server,$(MILVUS)),--milvus-server)
 
 test: models
 	@$(PY) -m ruff check .
@@ -73,6 +74,10 @@ loadtest: models
 
 soak: models  ## minutes under Locust at ~70 % of capacity: errors, RSS growth, leaks (docs/reliability.md)
 	@$(PY) -m tests.reliability.soak $(SOAK_ARGS)
+
+# identify at 100k and 1M templates on the real Milvus server (docs/benchmarks.md; the 1M fill takes a while)
+bench-milvus: models
+	@$(PY) -m gateway.bench_milvus $(BENCH_MILVUS_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .data .pytest_cache

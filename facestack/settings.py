@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # "" = Milvus Lite under data_dir; or a server URI such as http://milvus:19530
     milvus_uri: str = Field("", validation_alias=AliasChoices("MILVUS_URI", "milvus_uri"))
     milvus_token: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("MILVUS_TOKEN", "milvus_token"))
+    # Bounded-consistency staleness of the Milvus server (its common.gracefulTime, default 5000 ms): an erasure
+    # receipt waits this long so that no replica's read returns the erased data (docs/gateway.md)
+    milvus_bounded_staleness_s: float = 5.0
     api_key: SecretStr | None = None  # FACESTACK_API_KEY: an all-scopes key for tenant "default"
     api_keys_file: Path | None = None  # JSON of hashed keys (a mounted Secret)
     log_level: str = "info"

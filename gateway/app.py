@@ -76,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(milvus_uri(settings), settings.milvus_token.get_secret_value(),
                       timeout=settings.gateway_milvus_timeout_s, workers=settings.gateway_milvus_workers,
                       metrics=metrics, retry_after=settings.gateway_backend_retry_after_s,
-                      queue=settings.gateway_milvus_queue)
+                      queue=settings.gateway_milvus_queue,
+                      bounded_staleness_s=settings.milvus_bounded_staleness_s)
         await triton.start()
         await store.start()
         audit = AuditLog(audit_target(settings), retry_after=settings.gateway_backend_retry_after_s)

@@ -1,6 +1,8 @@
 """`make run` / `python -m gateway.local`: the real Triton on CPU plus the gateway on 127.0.0.1:$PORT.
 
-Milvus Lite lives under the data directory (FACESTACK_DATA_DIR, default .data/). The API key is
+Milvus Lite lives under the data directory (FACESTACK_DATA_DIR, default .data/); with `--milvus-server`
+(`make run MILVUS=server`) a real Milvus 2.3.5 server (gateway/milvus_server.py) runs instead, its data in
+<data dir>/milvus-server, and is killed at the end (acknowledged writes survive). The API key is
 FACESTACK_API_KEY when set, else one generated on the first run and kept in <data dir>/api_key.
 Ctrl-C (or SIGTERM) stops the gateway (in-flight requests finish), then Triton.
 """
@@ -53,7 +55,8 @@ def port_free(port: int) -> bool:
     return True
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    milvus_server = "--milvus-server" in (sys.argv[1:] if argv is None else argv)
     settings = get_settings()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     ports = {"PORT (gateway)": settings.port, "FACESTACK_TRITON_GRPC_PORT": settings.triton_grpc_port,
@@ -79,6 +82,20 @@ def main() -> int:
         f"metrics {triton.metrics_url}")
 
     settings = settings.model_copy(update={"triton_grpc_url": triton.grpc_url, "api_key": SecretStr(key)})
+    milvus = None
+    if milvus_server:
+        from gateway.milvus_server import MilvusServer, MilvusServerError
+
+        say("==> starting the Milvus 2.3.5 server (about 10 s)")
+        milvus = MilvusServer(Path(settings.data_dir) / "milvus-server",
+                              graceful_ms=int(settings.milvus_bounded_staleness_s * 1000))
+        try:
+            milvus.start()
+        except MilvusServerError as exc:
+            say(f"error: Milvus did not start: {exc}")
+            triton.stop()
+            return 1
+        settings = settings.model_copy(update={"milvus_uri": milvus.uri})
     say(f"==> starting the gateway (Milvus: {milvus_uri(settings)}, audit log: {audit_target(settings)})")
     server = uvicorn.Server(uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=settings.port, log_level=settings.log_level.lower(),
@@ -104,6 +121,9 @@ def main() -> int:
     except SystemExit as exc:  # uvicorn exits when it cannot start (e.g. the lifespan failed)
         code = int(exc.code or 0)
     finally:
+        if milvus is not None:
+            say("==> stopping Milvus")
+            milvus.stop()
         say("==> stopping Triton")
         triton.stop()
         say("==> stopped")

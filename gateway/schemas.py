@@ -305,6 +305,7 @@ class Page(BaseModel):
     total: int
     limit: int
     offset: int
+    next: str | None = Field(None, description="cursor of the next page (pass it as `cursor`); null on the last page")
 
 
 class GalleryPage(Page):

@@ -2,20 +2,40 @@
 
 Collections:
 - `facestack_templates_<model>_v<version>`: one per embedder model and version, so templates of different
-  models are never compared. face_id (primary key), tenant (partition key), gallery, subject, created,
-  vector (COSINE, HNSW). Only templates: never a face image.
-- `facestack_galleries`, `facestack_subjects`: the records, keyed by a digest of (tenant, gallery[, subject]).
-  Milvus needs a vector field in every collection, so these carry a 2-d placeholder.
+  models are never compared. face_id (primary key), tenant (partition key), gallery, subject, generation,
+  created, model, vector (COSINE, HNSW). Only templates: never a face image.
+- `facestack_galleries`, `facestack_subjects`: the records. Milvus needs a vector field in every collection,
+  so these carry a 2-d placeholder. No partition key there (lookups are by key or primary key).
+
+Records have generations. Creating a gallery or a subject writes a row with a fresh random `generation`;
+its primary key is a digest of (tenant, gallery[, subject], generation) and `key` a digest of (tenant,
+gallery[, subject]). A template carries the generation of the subject it was enrolled for. A template
+whose subject row (same generation) does not exist is an orphan: search and verify ignore it, so a late
+write of a subject that was erased, or erased and created again, can never be returned.
+
+Writes never upsert into the partition-key collection (Milvus 2.3.5 routes such upserts to the wrong
+partition, and a tenant filter then never finds them): templates are inserted with new ids. Changing a
+subject's name/metadata upserts its row in `facestack_subjects`, which has no partition key.
+
+Across gateway replicas there is no lock, so every check-then-write is followed by a check after the write
+(Strong reads, which see every write acknowledged before them):
+- create gallery/subject: insert a new generation, then read all rows of the key; if another generation
+  is there, delete ours and retry (the earlier creator wins; if both see each other both back off).
+- enrol: read the subject's generation, insert templates, read it again; if the subject (that generation)
+  is gone, delete what was inserted and answer subject_not_found.
+- erase: delete the record first (so concurrent enrolments fail their check after the write), then the
+  templates; wait out the Bounded staleness window (`bounded_staleness_s`, Milvus' common.gracefulTime);
+  delete templates once more (a late enrolment's rows) and count what remains. Only then is the receipt
+  issued: from that moment no read on any replica (all reads are Bounded or stronger) sees the subject.
+
+Reads are Bounded (staleness at most `bounded_staleness_s`), or Session for a collection this process began
+writing within that window (so a replica reads its own writes; never weaker than Bounded). On Milvus Lite
+(one process, read-your-writes) consistency levels change nothing, and every write runs under one lock
+(field notes: concurrent writers to Milvus Lite lose acknowledged rows after kill -9).
 
 Tenant isolation lives here: every filter starts with the caller's tenant and every record key includes
 it; ids are quoted with `quote()` (field notes: filter templates fail in Lite, and an unescaped quote in
 an id is an injection).
-
-Writes are upserts keyed by ids the gateway generates, so pymilvus' retry of a write whose answer was
-lost cannot duplicate a row. Every write runs in one thread holding one lock (field notes: concurrent
-writers to Milvus Lite lose acknowledged rows after kill -9). A multi-step change (enrol: check the
-subject, write; erase: templates, subjects, record) holds the lock throughout, so an erasure and an
-enrolment never interleave in one process.
 """
 
 from __future__ import annotations
@@ -23,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import threading
 import time
 import uuid
@@ -51,6 +72,13 @@ SUBJECTS = "facestack_subjects"
 TEMPLATE_PREFIX = "facestack_templates_"
 ID_BYTES = 512  # ids are up to 128 characters; VARCHAR lengths count UTF-8 bytes
 MAX_QUERY_WINDOW = 16384  # Milvus caps offset + limit of a query or search
+CREATE_ATTEMPTS = 4  # create gallery/subject: tries when another replica creates the same id at the same time
+# HNSW: sub-linear search on a server to millions of templates (Lite scans whatever the index); docs/benchmarks.md
+INDEX_PARAMS = {"M": 16, "efConstruction": 200}
+# search ef: max(MIN_EF, hits asked for). SFace templates are nearly isotropic in 128 dimensions, which is hard
+# for HNSW: at 100k templates ef 64 found the mated subject first for 85 % of probes, ef 256 for 94 %, ef 512
+# for 95 % (docs/benchmarks.md, make bench-milvus); 256 is the latency/accuracy compromise.
+MIN_EF = 256
 _PLACEHOLDER = [0.0, 0.0]
 
 
@@ -79,6 +107,15 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def new_generation() -> str:
+    return uuid.uuid4().hex
+
+
+def is_cursor(value: str) -> bool:
+    """A list cursor is a record's primary key: 32 lower-case hex digits."""
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
 @dataclass(frozen=True)
 class Hit:
     subject: str
@@ -86,32 +123,30 @@ class Hit:
     similarity: float
 
 
-def _must_be_missing(lookup: Callable[[], object], missing_code: str, conflict: ApiError) -> None:
-    """Create-if-absent: returns when `lookup` raises `missing_code`; any other error (e.g. the parent gallery is
-    missing) propagates; if the record exists, raises `conflict`."""
-    try:
-        lookup()
-    except ApiError as exc:
-        if exc.code == missing_code:
-            return
-        raise
-    raise conflict
+def _pick(rows: list[dict]) -> dict:
+    """The record among rows of one key: normally one; two generations only while creators race."""
+    return dict(min(rows, key=lambda r: (r["created"], r["generation"])))
 
 
 class Store:
     def __init__(self, uri: str, token: str = "", *, timeout: float, workers: int, metrics: Metrics,
-                 retry_after: int, queue: int = 32) -> None:
+                 retry_after: int, queue: int = 32, bounded_staleness_s: float = 5.0,
+                 min_ef: int = MIN_EF) -> None:
         self.uri = uri
         self.lite = uri.endswith(".db")
         self.token = token
         self.timeout = timeout
         self.metrics = metrics
         self.retry_after = retry_after
+        # Milvus Lite reads its own writes at once; a server's Bounded reads lag at most common.gracefulTime.
+        self.staleness_s = 0.0 if self.lite else bounded_staleness_s
+        self.min_ef = min_ef  # HNSW search breadth: ef = max(min_ef, hits asked for)
         self._pool = AdmissionPool(workers, queue, retry_after=retry_after, metrics=metrics)  # bounded, sheds: 503
         self._write_lock = threading.Lock()
         self._connect_lock = threading.Lock()
         self._client: MilvusClient | None = None
         self._known: set[str] = set()  # collections created and loaded by this process
+        self._written: dict[str, float] = {}  # collection -> monotonic time of this process' last write
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -139,8 +174,11 @@ class Store:
         if not client.has_collection(name, timeout=self.timeout):
             schema, index = self._schema(client, name, dim)
             client.create_collection(name, schema=schema, index_params=index, timeout=self.timeout)
-            if name.startswith(TEMPLATE_PREFIX) and not self.lite:  # Lite scans rows whatever the index
-                self._scalar_indexes(client, name)
+        else:
+            fields = {f["name"] for f in client.describe_collection(name, timeout=self.timeout)["fields"]}
+            if "generation" not in fields:
+                raise RuntimeError(f"Milvus collection {name} was created by an older facestack (no generation "
+                                   "field); export and re-enrol, or point MILVUS_URI at a new database")
         client.load_collection(name, timeout=max(self.timeout, 120.0))  # a reopened Lite file replays its WAL
         self._known.add(name)
 
@@ -148,18 +186,20 @@ class Store:
     def _schema(client: MilvusClient, name: str, dim: int) -> tuple[Any, Any]:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         index = client.prepare_index_params()
-        key = "face_id" if name.startswith(TEMPLATE_PREFIX) else "pk"
-        schema.add_field(key, DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("tenant", DataType.VARCHAR, max_length=ID_BYTES, is_partition_key=True)
+        templates = name.startswith(TEMPLATE_PREFIX)
+        schema.add_field("face_id" if templates else "pk", DataType.VARCHAR, is_primary=True, max_length=64)
+        if not templates:
+            schema.add_field("key", DataType.VARCHAR, max_length=64)
+        schema.add_field("tenant", DataType.VARCHAR, max_length=ID_BYTES, is_partition_key=templates)
         schema.add_field("gallery", DataType.VARCHAR, max_length=ID_BYTES)
         if name != GALLERIES:
             schema.add_field("subject", DataType.VARCHAR, max_length=ID_BYTES)
+        schema.add_field("generation", DataType.VARCHAR, max_length=64)
         schema.add_field("created", DataType.INT64)
-        if name.startswith(TEMPLATE_PREFIX):
+        if templates:
             schema.add_field("model", DataType.VARCHAR, max_length=128)  # e.g. face_embedder:1
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-            # HNSW: sub-linear search on a server up to millions of templates (Lite scans whatever the index).
-            index.add_index("vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
+            index.add_index("vector", index_type="HNSW", metric_type="COSINE", params=INDEX_PARAMS)
             return schema, index
         if name == GALLERIES:
             schema.add_field("embedder", DataType.VARCHAR, max_length=32)
@@ -170,16 +210,6 @@ class Store:
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)
         index.add_index("v", index_type="FLAT", metric_type="L2")
         return schema, index
-
-    def _scalar_indexes(self, client: MilvusClient, name: str) -> None:
-        # Inverted indexes make the gallery/subject filters cheap on a server; Milvus 2.3 lacks them.
-        for field in ("gallery", "subject"):
-            try:
-                params = client.prepare_index_params()
-                params.add_index(field, index_type="INVERTED")
-                client.create_index(name, params, timeout=self.timeout)
-            except MilvusException as exc:
-                log.info("no INVERTED index on %s.%s: %s", name, field, exc.message)
 
     def _translate(self, exc: BaseException) -> ApiError:
         code = getattr(exc, "code", None)
@@ -194,14 +224,14 @@ class Store:
             for attempt in (1, 2):
                 client = self._connect()
                 try:
-                    if write:
+                    if write and self.lite:
                         with self._write_lock:
                             return fn(client)
                     return fn(client)
                 except MilvusException as exc:
                     # A restarted Milvus may come back with collections released (Milvus Lite's server
-                    # always does): forget what was loaded, load again, and retry once. Safe for writes
-                    # too: they are upserts of gateway-generated ids and checks re-run.
+                    # always does): forget what was loaded, load again, and retry once. Writes re-run their
+                    # checks; they fail on released collections before writing anything.
                     if attempt == 2 or not _not_loaded(exc):
                         raise
                     log.warning("milvus: collections not loaded (Milvus restarted?); loading them again")
@@ -212,7 +242,7 @@ class Store:
         outcome = "error"
         loop = asyncio.get_running_loop()
         # Lite writes run without a client deadline (see _wt): this wait bounds the request, not the write.
-        budget = self.timeout * (4 if write else 2) + 1
+        budget = self.timeout * (6 if write else 2) + 1
         try:
             pool = self._pool.lane(operation)  # health checks have their own lane
             result = await asyncio.wait_for(asyncio.shield(loop.run_in_executor(pool, call)), budget)
@@ -239,6 +269,27 @@ class Store:
         inside Lite while the lock is released and the next write starts, i.e. concurrent writers."""
         return None if self.lite else self.timeout
 
+    def _level(self, collection: str) -> str:
+        """Session within the staleness window after this process began writing the collection (its guarantee,
+        that write's timestamp, is then no older than Bounded's, and it includes the write), else Bounded.
+        Either way a read sees every write older than the window: what erasure receipts rely on."""
+        began = self._written.get(collection)
+        return "Session" if began is not None and time.monotonic() - began < self.staleness_s else "Bounded"
+
+    def _writing(self, *collections: str) -> None:
+        """Called before a write: its timestamp is then no older than the time noted here."""
+        now = time.monotonic()
+        for name in collections:
+            self._written[name] = now
+
+    def _insert(self, c: MilvusClient, name: str, rows: list[dict]) -> None:
+        self._writing(name)
+        c.insert(name, rows, timeout=self._wt)
+
+    def _delete(self, c: MilvusClient, name: str, **where: Any) -> None:
+        self._writing(name)
+        c.delete(name, timeout=self._wt, **where)
+
     async def start(self) -> None:
         try:
             await self._run("connect", lambda client: None)
@@ -264,46 +315,91 @@ class Store:
 
             server_manager_instance.release_server(self.uri)  # Lite syncs its files at close
 
+    async def _settle(self) -> None:
+        """Waits out the Bounded staleness window after an erasure (0 on Lite)."""
+        if self.staleness_s:
+            await asyncio.sleep(self.staleness_s)
+
+    # ---- records (galleries and subjects) --------------------------------------------------------
+
+    def _records(self, c: MilvusClient, collection: str, key: str, fields: list[str], level: str) -> list[dict]:
+        rows = c.query(collection, filter=f"key == {quote(key)}", output_fields=["pk", "generation", *fields],
+                       limit=MAX_QUERY_WINDOW, timeout=self.timeout, consistency_level=level)
+        return [dict(r) for r in rows]
+
+    def _create(self, c: MilvusClient, collection: str, row: dict, ident: tuple[str, ...], fields: list[str],
+                conflict: ApiError, still_valid: Callable[[], object] | None = None) -> dict:
+        """Create-if-absent without a lock: insert a new generation, keep it only if no other generation of the
+        key is there afterwards (Strong reads). `still_valid` re-checks the parent after the write."""
+        key = row["key"]
+        for attempt in range(CREATE_ATTEMPTS):
+            if self._records(c, collection, key, fields, "Strong"):
+                raise conflict
+            generation = new_generation()
+            mine = {**row, "pk": record_key(*ident, generation), "generation": generation}
+            self._insert(c, collection, [mine])
+            others = [r for r in self._records(c, collection, key, fields, "Strong") if r["generation"] != generation]
+            parent_gone = None
+            if not others and still_valid is not None:
+                try:
+                    still_valid()
+                except ApiError as exc:
+                    parent_gone = exc
+            if not others and parent_gone is None:
+                return mine
+            self._delete(c, collection, ids=[mine["pk"]])
+            if parent_gone is not None:
+                raise parent_gone
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # both saw each other: back off, then re-check
+        raise conflict
+
     # ---- galleries -------------------------------------------------------------------------------
 
-    def _get_gallery(self, c: MilvusClient, tenant: str, gallery: str, consistency: str = "Session") -> dict:
-        rows = c.get(GALLERIES, ids=[record_key(tenant, gallery)],
-                     output_fields=["tenant", "gallery", "embedder", "metadata", "created"],
-                     timeout=self.timeout, consistency_level=consistency)
+    _GALLERY_FIELDS = ["tenant", "gallery", "embedder", "metadata", "created"]
+
+    def _get_gallery(self, c: MilvusClient, tenant: str, gallery: str, level: str | None = None) -> dict:
+        rows = self._records(c, GALLERIES, record_key(tenant, gallery), self._GALLERY_FIELDS,
+                             level or self._level(GALLERIES))
         rows = [r for r in rows if r["tenant"] == tenant and r["gallery"] == gallery]
         if not rows:
             raise ApiError("gallery_not_found", f"gallery {gallery!r} does not exist", gallery_id=gallery)
-        return dict(rows[0])
+        return _pick(rows)
 
     async def get_gallery(self, tenant: str, gallery: str) -> dict:
         return await self._run("get_gallery", lambda c: self._get_gallery(c, tenant, gallery))
 
     async def create_gallery(self, tenant: str, gallery: str, embedder: str, metadata: dict) -> dict:
-        row = {"pk": record_key(tenant, gallery), "tenant": tenant, "gallery": gallery, "embedder": embedder,
+        row = {"key": record_key(tenant, gallery), "tenant": tenant, "gallery": gallery, "embedder": embedder,
                "metadata": metadata, "created": now_ms(), "v": _PLACEHOLDER}
+        conflict = ApiError("conflict", f"gallery {gallery!r} already exists", gallery_id=gallery)
+        return await self._run("create_gallery", lambda c: self._create(
+            c, GALLERIES, row, (tenant, gallery), self._GALLERY_FIELDS, conflict), write=True)
 
-        def write(c: MilvusClient) -> dict:
-            _must_be_missing(lambda: self._get_gallery(c, tenant, gallery, "Strong"), "gallery_not_found",
-                             ApiError("conflict", f"gallery {gallery!r} already exists", gallery_id=gallery))
-            c.upsert(GALLERIES, [row], timeout=self._wt)
-            return row
+    def _page(self, c: MilvusClient, collection: str, flt: str, fields: list[str], limit: int, offset: int,
+              after: str | None) -> list[dict]:
+        """One page in primary-key order: from `after` (a cursor: the last key of the previous page) or `offset`
+        (at most MAX_QUERY_WINDOW deep). The iterator flags make Milvus merge segments in key order."""
+        if after is not None:
+            flt, offset = f"pk > {quote(after)} and ({flt})", 0
+        rows = c.query(collection, filter=flt, output_fields=["pk", *fields], limit=limit, offset=offset,
+                       timeout=self.timeout, consistency_level=self._level(collection),
+                       iterator="True", reduce_stop_for_best="False")
+        return sorted((dict(r) for r in rows), key=lambda r: r["pk"])
 
-        return await self._run("create_gallery", write, write=True)
-
-    async def list_galleries(self, tenant: str, limit: int, offset: int) -> tuple[list[dict], int]:
+    async def list_galleries(self, tenant: str, limit: int, offset: int,
+                             after: str | None = None) -> tuple[list[dict], int]:
+        """A page of the tenant's galleries (each row's `pk` is the cursor for the next page) and their total."""
         flt = f"tenant == {quote(tenant)}"
 
         def read(c: MilvusClient) -> tuple[list[dict], int]:
-            total = self._count(c, GALLERIES, flt)
-            rows = c.query(GALLERIES, filter=flt, output_fields=["gallery", "embedder", "metadata", "created"],
-                           limit=limit, offset=offset, timeout=self.timeout, consistency_level="Session")
-            return [dict(r) for r in rows], total
+            rows = self._page(c, GALLERIES, flt, self._GALLERY_FIELDS, limit, offset, after)
+            return rows, self._count(c, GALLERIES, flt)
 
         return await self._run("list_galleries", read)
 
-    def _count(self, c: MilvusClient, collection: str, flt: str) -> int:
+    def _count(self, c: MilvusClient, collection: str, flt: str, level: str | None = None) -> int:
         rows = c.query(collection, filter=flt, output_fields=["count(*)"], timeout=self.timeout,
-                       consistency_level="Strong")
+                       consistency_level=level or self._level(collection))
         return int(rows[0]["count(*)"]) if rows else 0
 
     def _template_collections(self, c: MilvusClient) -> list[str]:
@@ -313,6 +409,7 @@ class Store:
         return names
 
     async def gallery_counts(self, tenant: str, gallery: str) -> tuple[int, int]:
+        """(subjects, templates) of a gallery: Bounded counts (Session on the replica that just wrote)."""
         flt = f"tenant == {quote(tenant)} and gallery == {quote(gallery)}"
 
         def read(c: MilvusClient) -> tuple[int, int]:
@@ -321,45 +418,56 @@ class Store:
 
         return await self._run("count", read)
 
-    async def delete_gallery(self, tenant: str, gallery: str) -> tuple[int, int, int]:
-        """Erase a gallery: templates first (so nothing matches any more), then subjects, then the record."""
-        flt = f"tenant == {quote(tenant)} and gallery == {quote(gallery)}"
-
-        def write(c: MilvusClient) -> tuple[int, int, int]:
-            self._get_gallery(c, tenant, gallery, "Strong")
-            templates = self._delete_where(c, flt)
-            subjects = self._count(c, SUBJECTS, flt)
-            if subjects:
-                c.delete(SUBJECTS, filter=flt, timeout=self._wt)
-            c.delete(GALLERIES, ids=[record_key(tenant, gallery)], timeout=self._wt)
-            remaining = sum(self._count(c, n, flt) for n in self._template_collections(c))
-            return subjects, templates, remaining
-
-        return await self._run("delete_gallery", write, write=True)
-
-    def _delete_where(self, c: MilvusClient, flt: str) -> int:
+    def _erase_templates(self, c: MilvusClient, flt: str) -> int:
+        """Deletes the templates matching `flt` in every template collection; returns how many there were."""
         deleted = 0
         for name in self._template_collections(c):
-            count = self._count(c, name, flt)
+            count = self._count(c, name, flt, "Strong")
             if count:
-                c.delete(name, filter=flt, timeout=self._wt)
+                self._delete(c, name, filter=flt)
                 deleted += count
         return deleted
 
+    def _sweep(self, c: MilvusClient, flt: str, subjects: bool = False) -> int:
+        """After the staleness wait: delete what late writers inserted; returns what remains (Strong)."""
+        self._erase_templates(c, flt)
+        if subjects and self._count(c, SUBJECTS, flt, "Strong"):
+            self._delete(c, SUBJECTS, filter=flt)
+        return sum(self._count(c, n, flt, "Strong") for n in self._template_collections(c))
+
+    async def delete_gallery(self, tenant: str, gallery: str) -> tuple[int, int, int]:
+        """Erase a gallery: the record first (concurrent writes then fail their check), then templates and
+        subjects; after the staleness window, once more. Returns (subjects, templates, remaining templates)."""
+        flt = f"tenant == {quote(tenant)} and gallery == {quote(gallery)}"
+
+        def erase(c: MilvusClient) -> tuple[int, int]:
+            self._get_gallery(c, tenant, gallery, "Strong")
+            self._delete(c, GALLERIES, filter=f"key == {quote(record_key(tenant, gallery))}")
+            templates = self._erase_templates(c, flt)
+            subjects = self._count(c, SUBJECTS, flt, "Strong")
+            if subjects:
+                self._delete(c, SUBJECTS, filter=flt)
+            return subjects, templates
+
+        subjects, templates = await self._run("delete_gallery", erase, write=True)
+        await self._settle()
+        remaining = await self._run("delete_gallery", lambda c: self._sweep(c, flt, subjects=True), write=True)
+        return subjects, templates, remaining
+
     # ---- subjects --------------------------------------------------------------------------------
 
-    _SUBJECT_FIELDS = ("tenant", "gallery", "subject", "name", "metadata", "created", "updated")
+    _SUBJECT_FIELDS = ["tenant", "gallery", "subject", "name", "metadata", "created", "updated"]
 
     def _get_subject(self, c: MilvusClient, tenant: str, gallery: str, subject: str,
-                     consistency: str = "Session") -> dict:
-        rows = c.get(SUBJECTS, ids=[record_key(tenant, gallery, subject)], output_fields=list(self._SUBJECT_FIELDS),
-                     timeout=self.timeout, consistency_level=consistency)
+                     level: str | None = None) -> dict:
+        rows = self._records(c, SUBJECTS, record_key(tenant, gallery, subject), self._SUBJECT_FIELDS,
+                             level or self._level(SUBJECTS))
         rows = [r for r in rows if r["tenant"] == tenant and r["gallery"] == gallery and r["subject"] == subject]
         if not rows:
-            self._get_gallery(c, tenant, gallery, consistency)  # gallery_not_found takes precedence
+            self._get_gallery(c, tenant, gallery, level)  # gallery_not_found takes precedence
             raise ApiError("subject_not_found", f"subject {subject!r} does not exist in gallery {gallery!r}",
                            gallery_id=gallery, subject_id=subject)
-        return dict(rows[0])
+        return _pick(rows)
 
     async def get_subject(self, tenant: str, gallery: str, subject: str) -> dict:
         return await self._run("get_subject", lambda c: self._get_subject(c, tenant, gallery, subject))
@@ -367,49 +475,59 @@ class Store:
     async def create_subject(self, tenant: str, gallery: str, subject: str, name: str | None,
                              metadata: dict) -> dict:
         created = now_ms()
-        row = {"pk": record_key(tenant, gallery, subject), "tenant": tenant, "gallery": gallery, "subject": subject,
+        row = {"key": record_key(tenant, gallery, subject), "tenant": tenant, "gallery": gallery, "subject": subject,
                "name": name or "", "metadata": metadata, "created": created, "updated": created, "v": _PLACEHOLDER}
+        conflict = ApiError("conflict", f"subject {subject!r} already exists in gallery {gallery!r}",
+                            gallery_id=gallery, subject_id=subject)
 
         def write(c: MilvusClient) -> dict:
-            _must_be_missing(lambda: self._get_subject(c, tenant, gallery, subject, "Strong"), "subject_not_found",
-                             ApiError("conflict", f"subject {subject!r} already exists in gallery {gallery!r}",
-                                      gallery_id=gallery, subject_id=subject))
-            c.upsert(SUBJECTS, [row], timeout=self._wt)
-            return row
+            parent = self._get_gallery(c, tenant, gallery, "Strong")
+
+            def gallery_still_there() -> None:  # not erased (nor erased and created again) meanwhile
+                if self._get_gallery(c, tenant, gallery, "Strong")["generation"] != parent["generation"]:
+                    raise ApiError("gallery_not_found", f"gallery {gallery!r} does not exist", gallery_id=gallery)
+
+            return self._create(c, SUBJECTS, row, (tenant, gallery, subject), self._SUBJECT_FIELDS, conflict,
+                                 gallery_still_there)
 
         return await self._run("create_subject", write, write=True)
 
     async def update_subject(self, tenant: str, gallery: str, subject: str, changes: dict) -> dict:
         def write(c: MilvusClient) -> dict:
             row = self._get_subject(c, tenant, gallery, subject, "Strong")
-            row.update(changes, updated=now_ms(), pk=record_key(tenant, gallery, subject), v=_PLACEHOLDER)
-            c.upsert(SUBJECTS, [row], timeout=self._wt)
+            row.update(changes, updated=now_ms(), key=record_key(tenant, gallery, subject), v=_PLACEHOLDER)
+            self._writing(SUBJECTS)
+            c.upsert(SUBJECTS, [row], timeout=self._wt)  # same pk; this collection has no partition key
             return row
 
         return await self._run("update_subject", write, write=True)
 
-    async def list_subjects(self, tenant: str, gallery: str, limit: int, offset: int) -> tuple[list[dict], int]:
+    async def list_subjects(self, tenant: str, gallery: str, limit: int, offset: int,
+                            after: str | None = None) -> tuple[list[dict], int]:
+        """A page of the gallery's subjects in key order (each row's `pk` is the next page's cursor) and the total."""
         flt = f"tenant == {quote(tenant)} and gallery == {quote(gallery)}"
 
         def read(c: MilvusClient) -> tuple[list[dict], int]:
             self._get_gallery(c, tenant, gallery)
-            rows = c.query(SUBJECTS, filter=flt, output_fields=list(self._SUBJECT_FIELDS), limit=limit, offset=offset,
-                           timeout=self.timeout, consistency_level="Session")
-            return [dict(r) for r in rows], self._count(c, SUBJECTS, flt)
+            rows = self._page(c, SUBJECTS, flt, self._SUBJECT_FIELDS, limit, offset, after)
+            return rows, self._count(c, SUBJECTS, flt)
 
         return await self._run("list_subjects", read)
 
     async def delete_subject(self, tenant: str, gallery: str, subject: str) -> tuple[int, int]:
-        flt = f"tenant == {quote(tenant)} and gallery == {quote(gallery)} and subject == {quote(subject)}"
+        """Erase a subject: its record first, then its templates; after the staleness window, once more.
+        Returns (templates deleted, templates remaining)."""
+        flt = self._subject_filter(tenant, gallery, subject)
 
-        def write(c: MilvusClient) -> tuple[int, int]:
+        def erase(c: MilvusClient) -> int:
             self._get_subject(c, tenant, gallery, subject, "Strong")
-            templates = self._delete_where(c, flt)
-            c.delete(SUBJECTS, ids=[record_key(tenant, gallery, subject)], timeout=self._wt)
-            remaining = sum(self._count(c, n, flt) for n in self._template_collections(c))
-            return templates, remaining
+            self._delete(c, SUBJECTS, filter=f"key == {quote(record_key(tenant, gallery, subject))}")
+            return self._erase_templates(c, flt)
 
-        return await self._run("delete_subject", write, write=True)
+        templates = await self._run("delete_subject", erase, write=True)
+        await self._settle()
+        remaining = await self._run("delete_subject", lambda c: self._sweep(c, flt), write=True)
+        return templates, remaining
 
     # ---- templates -------------------------------------------------------------------------------
 
@@ -424,35 +542,43 @@ class Store:
         flt = self._subject_filter(tenant, gallery, subject)
 
         def write(c: MilvusClient) -> tuple[list[str], int]:
-            self._get_subject(c, tenant, gallery, subject, "Strong")
+            generation = self._get_subject(c, tenant, gallery, subject, "Strong")["generation"]
             self._ensure(c, name, dim=int(vectors.shape[1]))
-            existing = self._count(c, name, flt)
+            mine = f"{flt} and generation == {quote(generation)}"
+            existing = self._count(c, name, mine, "Strong")
             if existing + len(vectors) > max_per_subject:
                 raise ApiError("conflict", f"subject {subject!r} has {existing} faces; at most {max_per_subject} "
                                "are kept per subject", gallery_id=gallery, subject_id=subject)
-            rows = [{"face_id": fid, "tenant": tenant, "gallery": gallery, "subject": subject, "created": created,
-                     "model": f"{model}:{version}", "vector": vec.astype(np.float32).tolist()}
-                    for fid, vec in zip(face_ids, vectors, strict=True)]
-            c.upsert(name, rows, timeout=self._wt)
+            rows = [{"face_id": fid, "tenant": tenant, "gallery": gallery, "subject": subject,
+                     "generation": generation, "created": created, "model": f"{model}:{version}",
+                     "vector": vec.astype(np.float32).tolist()} for fid, vec in zip(face_ids, vectors, strict=True)]
+            self._insert(c, name, rows)
+            try:  # the check after the write: erased (or erased and created again) meanwhile?
+                if self._get_subject(c, tenant, gallery, subject, "Strong")["generation"] != generation:
+                    raise ApiError("subject_not_found", f"subject {subject!r} was erased during the enrolment",
+                                   gallery_id=gallery, subject_id=subject)
+            except ApiError:
+                self._delete(c, name, filter=f"{flt} and face_id in [{', '.join(map(quote, face_ids))}]")
+                raise
             return face_ids, created
 
         return await self._run("insert", write, write=True)
 
     async def list_faces(self, tenant: str, gallery: str, subject: str, limit: int,
                          offset: int) -> tuple[list[dict], int]:
+        """A subject's faces (at most max_per_subject, so offsets suffice), oldest first."""
         flt = self._subject_filter(tenant, gallery, subject)
 
         def read(c: MilvusClient) -> tuple[list[dict], int]:
-            self._get_subject(c, tenant, gallery, subject)
+            generation = self._get_subject(c, tenant, gallery, subject)["generation"]
+            mine = f"{flt} and generation == {quote(generation)}"
             rows: list[dict] = []
-            total = 0
             for name in sorted(self._template_collections(c)):
-                found = c.query(name, filter=flt, output_fields=["face_id", "created", "model"], limit=MAX_QUERY_WINDOW,
-                                timeout=self.timeout, consistency_level="Session")
-                rows += [dict(r) for r in found]
-                total += len(found)
+                rows += [dict(r) for r in c.query(name, filter=mine, output_fields=["face_id", "created", "model"],
+                                                  limit=MAX_QUERY_WINDOW, timeout=self.timeout,
+                                                  consistency_level=self._level(name))]
             rows.sort(key=lambda r: (r["created"], r["face_id"]))
-            return rows[offset:offset + limit], total
+            return rows[offset:offset + limit], len(rows)
 
         return await self._run("list_faces", read)
 
@@ -461,13 +587,14 @@ class Store:
 
         def write(c: MilvusClient) -> int:
             self._get_subject(c, tenant, gallery, subject, "Strong")
-            deleted = self._delete_where(c, flt)
-            if not deleted:
+            if not self._erase_templates(c, flt):
                 raise ApiError("face_not_found", f"face {face_id!r} does not exist for subject {subject!r}",
                                face_id=face_id)
-            return sum(self._count(c, n, flt) for n in self._template_collections(c))
+            return sum(self._count(c, n, flt, "Strong") for n in self._template_collections(c))
 
-        return await self._run("delete_face", write, write=True)
+        remaining = await self._run("delete_face", write, write=True)
+        await self._settle()
+        return remaining
 
     async def subject_templates(self, tenant: str, gallery: str, subject: str, model: str,
                                 version: str) -> np.ndarray:
@@ -476,15 +603,21 @@ class Store:
         flt = self._subject_filter(tenant, gallery, subject)
 
         def read(c: MilvusClient) -> np.ndarray:
-            self._get_subject(c, tenant, gallery, subject)
+            generation = self._get_subject(c, tenant, gallery, subject)["generation"]
             if name not in self._known and name not in self._template_collections(c):
                 return np.zeros((0, 0), np.float32)
-            # Session: a verify right after an enrolment through this replica sees the new templates.
-            rows = c.query(name, filter=flt, output_fields=["vector"], limit=MAX_QUERY_WINDOW, timeout=self.timeout,
-                           consistency_level="Session")
+            rows = c.query(name, filter=f"{flt} and generation == {quote(generation)}", output_fields=["vector"],
+                           limit=MAX_QUERY_WINDOW, timeout=self.timeout, consistency_level=self._level(name))
             return np.asarray([r["vector"] for r in rows], np.float32)
 
         return await self._run("get_templates", read)
+
+    def _live(self, c: MilvusClient, tenant: str, gallery: str, hits: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (subject, generation) pairs have a subject record: a primary-key lookup."""
+        pks = {record_key(tenant, gallery, s, g): (s, g) for s, g in hits}
+        rows = c.get(SUBJECTS, ids=list(pks), output_fields=["pk"], timeout=self.timeout,
+                     consistency_level=self._level(SUBJECTS))
+        return {pks[r["pk"]] for r in rows if r["pk"] in pks}
 
     async def search(self, tenant: str, gallery: str, model: str, version: str, vector: np.ndarray, top_k: int,
                      max_per_subject: int) -> list[Hit]:
@@ -493,7 +626,7 @@ class Store:
         Hits are templates, best first; the first top_k distinct subjects among the best L hits are the true
         top_k whenever L hits hold that many subjects. L starts at 2 * top_k (most subjects hold one or two
         templates; every extra hit costs on Milvus Lite) and widens up to top_k * max_per_subject, which
-        always suffices.
+        always suffices. Orphan templates (no subject record of their generation) are dropped.
         """
         name = template_collection(model, version)
         widest = min(top_k * max_per_subject, MAX_QUERY_WINDOW)
@@ -505,17 +638,19 @@ class Store:
                 return []
             limit = min(2 * top_k, widest)
             while True:
-                found = c.search(name, data=data, filter=flt, limit=limit, output_fields=["subject"],
+                found = c.search(name, data=data, filter=flt, limit=limit, output_fields=["subject", "generation"],
                                  anns_field="vector",
-                                 search_params={"metric_type": "COSINE", "params": {"ef": max(64, limit)}},
-                                 consistency_level="Bounded", timeout=self.timeout)[0]
-                best: dict[str, Hit] = {}
+                                 search_params={"metric_type": "COSINE", "params": {"ef": max(self.min_ef, limit)}},
+                                 consistency_level=self._level(name), timeout=self.timeout)[0]
+                best: dict[tuple[str, str], Hit] = {}
                 for hit in found:
-                    subject = hit["entity"]["subject"]
-                    if subject not in best:  # hits come best first
-                        best[subject] = Hit(subject, str(hit.id), float(hit.distance))
-                if len(best) >= top_k or len(found) < limit or limit >= widest:
-                    return sorted(best.values(), key=lambda h: -h.similarity)[:top_k]
+                    owner = (hit["entity"]["subject"], hit["entity"]["generation"])
+                    if owner not in best:  # hits come best first
+                        best[owner] = Hit(owner[0], str(hit.id), float(hit.distance))
+                live = self._live(c, tenant, gallery, list(best)) if best else set()
+                hits = [h for owner, h in best.items() if owner in live]
+                if len(hits) >= top_k or len(found) < limit or limit >= widest:
+                    return sorted(hits, key=lambda h: -h.similarity)[:top_k]
                 limit = min(limit * 4, widest)
 
         return await self._run("search", read)
@@ -523,11 +658,23 @@ class Store:
     # ---- benchmark support -----------------------------------------------------------------------
 
     def bulk_insert_sync(self, rows: list[dict], model: str, version: str, dim: int = 128) -> None:
-        """Synthetic gallery rows for the benchmark (same lock, same collection as enrolment)."""
+        """Synthetic gallery rows for the benchmarks: templates plus a subject record for each new subject
+        (same lock, same collections as enrolment). Rows need tenant, gallery, subject, face_id, vector."""
         client = self._connect()
         name = template_collection(model, version)
+        subjects: dict[tuple[str, str, str], str] = {}
+        for row in rows:
+            owner = (row["tenant"], row["gallery"], row["subject"])
+            row["generation"] = subjects.setdefault(owner, row.get("generation") or new_generation())
+            row.setdefault("created", 0)
+            row.setdefault("model", f"{model}:{version}")
+        records = [{"pk": record_key(*owner, gen), "key": record_key(*owner), "tenant": owner[0], "gallery": owner[1],
+                    "subject": owner[2], "generation": gen, "name": "", "metadata": {}, "created": 0, "updated": 0,
+                    "v": _PLACEHOLDER} for owner, gen in subjects.items()]
         with self._write_lock:
             self._ensure(client, name, dim)
+            self._writing(SUBJECTS, name)
+            client.insert(SUBJECTS, records, timeout=self._wt)
             client.insert(name, rows, timeout=self._wt)
 
 

@@ -37,11 +37,12 @@ from gateway.schemas import (
     SubjectPatch,
     check_id,
 )
-from gateway.store import MAX_QUERY_WINDOW
+from gateway.store import MAX_QUERY_WINDOW, is_cursor
 
 router = APIRouter(prefix="/v1/galleries", tags=["galleries"])
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
-Offset = Annotated[int, Query(ge=0, le=MAX_QUERY_WINDOW - 1000, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_QUERY_WINDOW - 1000, description="items to skip (small lists; use cursor)")]
+Cursor = Annotated[str | None, Query(description="`next` of the previous page: lists of any length, in key order")]
 _STORE = ("backend_unavailable", "timeout")
 _WRITE = ("idempotency_conflict", "audit_unavailable")  # every write: Idempotency-Key, the audit line first
 
@@ -80,6 +81,19 @@ def _announce(request: Request, principal: Principal, operation: str, gallery: s
                                   request_id=request_id(request))
 
 
+def _page(rows: list[dict], total: int, limit: int, offset: int, cursor: str | None, item) -> dict:
+    """A list page; `next` (the last row's key) while the page is full."""
+    return {"items": [item(r) for r in rows], "total": total, "limit": limit, "offset": 0 if cursor else offset,
+            "next": rows[-1]["pk"] if len(rows) == limit else None}
+
+
+def _cursor(cursor: str | None, offset: int) -> str | None:
+    if cursor is not None and (not is_cursor(cursor) or offset):
+        raise ApiError("validation_error", "cursor must be a `next` value from a previous page (and offset 0)",
+                       errors=[{"field": "cursor", "code": "invalid", "detail": "not a list cursor"}])
+    return cursor
+
+
 # ---- galleries ------------------------------------------------------------------------------------
 
 @router.post("", status_code=201, response_model=Gallery, summary="Create a gallery",
@@ -104,9 +118,10 @@ async def create_gallery(body: GalleryCreate, request: Request, response: Respon
 @router.get("", response_model=GalleryPage, summary="List the tenant's galleries",
             responses=problems("forbidden", *_STORE))
 async def list_galleries(request: Request, principal: EnrolKey,
-                         limit: Limit = 100, offset: Offset = 0) -> dict:
-    rows, total = await services(request).store.list_galleries(principal.tenant, limit, offset)
-    return {"items": [_gallery(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+                         limit: Limit = 100, offset: Offset = 0, cursor: Cursor = None) -> dict:
+    rows, total = await services(request).store.list_galleries(principal.tenant, limit, offset,
+                                                               _cursor(cursor, offset))
+    return _page(rows, total, limit, offset, cursor, _gallery)
 
 
 @router.get("/{gallery_id}", response_model=Gallery, summary="A gallery with its subject and template counts",
@@ -159,10 +174,10 @@ async def create_subject(gallery_id: str, body: SubjectCreate, request: Request,
 @router.get("/{gallery_id}/subjects", response_model=SubjectPage, summary="List a gallery's subjects",
             responses=problems("forbidden", "gallery_not_found", *_STORE))
 async def list_subjects(gallery_id: str, request: Request, principal: EnrolKey,
-                         limit: Limit = 100, offset: Offset = 0) -> dict:
+                         limit: Limit = 100, offset: Offset = 0, cursor: Cursor = None) -> dict:
     rows, total = await services(request).store.list_subjects(principal.tenant, check_id(gallery_id, "gallery_id"),
-                                                              limit, offset)
-    return {"items": [_subject(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+                                                              limit, offset, _cursor(cursor, offset))
+    return _page(rows, total, limit, offset, cursor, _subject)
 
 
 @router.get("/{gallery_id}/subjects/{subject_id}", response_model=Subject, summary="A subject with its face count",

@@ -1,4 +1,7 @@
-"""Gateway fixtures: real gateways (uvicorn on a free port) in front of the real Triton and Milvus Lite.
+"""Gateway fixtures: real gateways (uvicorn on a free port) in front of the real Triton and Milvus.
+
+The shared gateway (`gw`) stores in the real Milvus 2.3.5 server from the `milvus` wheel (one per test
+session, `milvus_server`), the production path; `spawn` gives gateways of their own on Milvus Lite files.
 
 Keys: tenant "acme" has an admin key, a verify-only key and an enrol-only key; tenant "globex" has an admin
 key. They are hashed into a keys file exactly as a Kubernetes Secret would mount them.
@@ -26,6 +29,7 @@ from facestack.settings import Settings
 from facestack.triton.launcher import free_port
 from gateway.app import create_app
 from gateway.auth import hash_key, new_key
+from gateway.milvus_server import MilvusServer
 
 KEYS = {  # name -> (tenant, scopes)
     "acme": ("acme", ["admin"]),
@@ -82,11 +86,30 @@ class LiveGateway:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
+# The test server's Bounded staleness (common.gracefulTime): short, so erasure receipts wait 1 s, not 5 s.
+SERVER_STALENESS_S = 1.0
+
+
 @pytest.fixture(scope="session")
-def gw(triton, keys, tmp_path_factory) -> Iterator[LiveGateway]:
-    """The shared gateway (default settings); tests use unique gallery ids so they never collide."""
+def milvus_server(tmp_path_factory) -> Iterator[MilvusServer]:
+    """The real Milvus 2.3.5 standalone server (own data directory, free ports), killed at the end."""
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server"), graceful_ms=int(SERVER_STALENESS_S * 1000))
+    with server:
+        yield server
+
+
+def server_settings(server: MilvusServer) -> dict:
+    """Settings overrides for a gateway storing in `server`."""
+    return {"milvus_uri": server.uri, "milvus_bounded_staleness_s": SERVER_STALENESS_S}
+
+
+@pytest.fixture(scope="session")
+def gw(triton, keys, milvus_server, tmp_path_factory) -> Iterator[LiveGateway]:
+    """The shared gateway (default settings, the Milvus server); tests use unique gallery ids so they never
+    collide."""
     data = tmp_path_factory.mktemp("gateway")
-    with LiveGateway(gateway_settings(data, triton.grpc_url, keys["file"])) as gateway:
+    with LiveGateway(gateway_settings(data, triton.grpc_url, keys["file"], **server_settings(milvus_server))) \
+            as gateway:
         yield gateway
 
 
