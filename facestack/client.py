@@ -169,6 +169,7 @@ class GalleryPage(TypedDict):
     limit: int
     offset: int
     items: list[Gallery]
+    next: NotRequired[str | None]  # pass as `cursor` for the next page (null on the last page)
 
 
 class SubjectPage(TypedDict):
@@ -176,6 +177,7 @@ class SubjectPage(TypedDict):
     limit: int
     offset: int
     items: list[Subject]
+    next: NotRequired[str | None]  # pass as `cursor` for the next page (null on the last page)
 
 
 class FacePage(TypedDict):
@@ -183,6 +185,7 @@ class FacePage(TypedDict):
     limit: int
     offset: int
     items: list[FaceRecord]
+    next: NotRequired[str | None]  # pass as `cursor` for the next page (null on the last page)
 
 
 class ErasureReceipt(TypedDict):
@@ -289,6 +292,7 @@ ERRORS: dict[str, type[ApiError]] = {
     "not_found": NotFound,
     "method_not_allowed": InvalidRequest,
     "conflict": Conflict,
+    "idempotency_conflict": Conflict,
     "image_too_large": InvalidRequest,
     "unsupported_media_type": InvalidRequest,
     "no_face": FaceRejected,
@@ -299,6 +303,7 @@ ERRORS: dict[str, type[ApiError]] = {
     "rate_limited": RateLimited,
     "internal_error": ServerError,
     "backend_unavailable": Unavailable,
+    "audit_unavailable": Unavailable,
     "timeout": GatewayTimeout,
 }
 _BY_STATUS: dict[int, type[ApiError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
@@ -514,8 +519,9 @@ class Client(_Base):
         return self._send(_Request("create_gallery", json=_not_none(gallery_id=gallery_id, embedder=embedder,
                                                                     metadata=metadata)))
 
-    def list_galleries(self, *, limit: int | None = None, offset: int | None = None) -> GalleryPage:
-        return self._send(_Request("list_galleries", query={"limit": limit, "offset": offset}))
+    def list_galleries(self, *, limit: int | None = None, offset: int | None = None,
+                       cursor: str | None = None) -> GalleryPage:
+        return self._send(_Request("list_galleries", query={"limit": limit, "offset": offset, "cursor": cursor}))
 
     def get_gallery(self, gallery_id: str) -> Gallery:
         return self._send(_Request("get_gallery", {"gallery_id": gallery_id}))
@@ -529,9 +535,10 @@ class Client(_Base):
         return self._send(_Request("create_subject", {"gallery_id": gallery_id}, json=_not_none(
             subject_id=subject_id, name=name, metadata=metadata)))
 
-    def list_subjects(self, gallery_id: str, *, limit: int | None = None, offset: int | None = None) -> SubjectPage:
+    def list_subjects(self, gallery_id: str, *, limit: int | None = None, offset: int | None = None,
+                      cursor: str | None = None) -> SubjectPage:
         return self._send(_Request("list_subjects", {"gallery_id": gallery_id},
-                                   query={"limit": limit, "offset": offset}))
+                                   query={"limit": limit, "offset": offset, "cursor": cursor}))
 
     def get_subject(self, gallery_id: str, subject_id: str) -> Subject:
         return self._send(_Request("get_subject", {"gallery_id": gallery_id, "subject_id": subject_id}))
@@ -618,8 +625,10 @@ class AsyncClient(_Base):
         return await self._send(_Request("create_gallery", json=_not_none(gallery_id=gallery_id, embedder=embedder,
                                                                           metadata=metadata)))
 
-    async def list_galleries(self, *, limit: int | None = None, offset: int | None = None) -> GalleryPage:
-        return await self._send(_Request("list_galleries", query={"limit": limit, "offset": offset}))
+    async def list_galleries(self, *, limit: int | None = None, offset: int | None = None,
+                             cursor: str | None = None) -> GalleryPage:
+        return await self._send(_Request("list_galleries", query={"limit": limit, "offset": offset,
+                                                                  "cursor": cursor}))
 
     async def get_gallery(self, gallery_id: str) -> Gallery:
         return await self._send(_Request("get_gallery", {"gallery_id": gallery_id}))
@@ -634,9 +643,9 @@ class AsyncClient(_Base):
             subject_id=subject_id, name=name, metadata=metadata)))
 
     async def list_subjects(self, gallery_id: str, *, limit: int | None = None,
-                            offset: int | None = None) -> SubjectPage:
+                            offset: int | None = None, cursor: str | None = None) -> SubjectPage:
         return await self._send(_Request("list_subjects", {"gallery_id": gallery_id},
-                                         query={"limit": limit, "offset": offset}))
+                                         query={"limit": limit, "offset": offset, "cursor": cursor}))
 
     async def get_subject(self, gallery_id: str, subject_id: str) -> Subject:
         return await self._send(_Request("get_subject", {"gallery_id": gallery_id, "subject_id": subject_id}))

@@ -198,8 +198,8 @@ MUTATIONS = {  # what an API change would look like -> the drift it must report
     "removed route": (lambda d: d["paths"]["/v1/galleries/{gallery_id}"].pop("delete"),
                       "client route delete_gallery"),
     "new query parameter": (lambda d: _route(d, "/v1/galleries", "get")["parameters"].append(
-        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}}),
-        "no parameter 'cursor'"),
+        {"name": "sort", "in": "query", "required": False, "schema": {"type": "string"}}),
+        "no parameter 'sort'"),
     "new header parameter": (lambda d: _route(d, "/v1/galleries", "post").setdefault("parameters", []).append(
         {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}),
         "no parameter 'idempotency_key'"),
@@ -210,7 +210,7 @@ MUTATIONS = {  # what an API change would look like -> the drift it must report
         "display_name", d["components"]["schemas"]["SubjectCreate"]["properties"].pop("name")),
         "no parameter 'display_name'"),
     "new answer field": (lambda d: d["components"]["schemas"]["GalleryPage"]["properties"].__setitem__(
-        "next", {"anyOf": [{"type": "string"}, {"type": "null"}]}), "GalleryPage: field 'next' missing"),
+        "previous", {"anyOf": [{"type": "string"}, {"type": "null"}]}), "GalleryPage: field 'previous' missing"),
     "changed field type": (lambda d: d["components"]["schemas"]["Candidate"]["properties"].__setitem__(
         "similarity", {"type": "string"}), "Candidate.similarity: API string, client number"),
     "field now optional": (lambda d: d["components"]["schemas"]["Quality"]["required"].remove("yaw"),
@@ -221,7 +221,7 @@ MUTATIONS = {  # what an API change would look like -> the drift it must report
                             ["application/json"]["schema"].__setitem__("$ref", REF + "VerifyResponse"),
                             "route detect: the API answers VerifyResponse"),
     "new error code": (lambda d: _route(d, "/v1/galleries", "post")["responses"]["409"].__setitem__(
-        "description", "problem+json, code: conflict | idempotency_conflict"), "'idempotency_conflict'"),
+        "description", "problem+json, code: conflict | quota_exceeded"), "'quota_exceeded'"),
 }
 
 
