@@ -51,7 +51,9 @@ def test_gpu_resources_only_on_triton(helm, k8s, values_set):
         main = next(c for c in spec["containers"] if c["name"] == "triton")
         if gpu_enabled:
             assert main["resources"]["limits"][GPU] == 1 and main["resources"]["requests"][GPU] == 1
-            assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+            # No GPU Feature Discovery label needed: the GPU request and the toleration place the pod.
+            assert "nodeSelector" not in spec
+            assert main["resources"]["requests"]["ephemeral-storage"] == "8Gi"
             assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
             config = "plan" if values_set == "keda" else "gpu"  # keda set: prebuilt TensorRT plans
             assert f"--model-config-name={config}" in main["args"]
@@ -60,6 +62,22 @@ def test_gpu_resources_only_on_triton(helm, k8s, values_set):
             assert GPU not in main["resources"].get("limits", {})
             assert not any(a.startswith("--model-config-name") for a in main["args"])
             assert "--allow-gpu-metrics=false" in main["args"] and "--pinned-memory-pool-byte-size=0" in main["args"]
+
+
+def test_triton_platform_options(helm, k8s):
+    """priorityClassName, runtimeClassName, a node selector for a GPU type, and extra volumes reach the pod."""
+    deploy = k8s.named(helm.template(sets=(
+        "triton.priorityClassName=gpu-high", "triton.runtimeClassName=nvidia",
+        "triton.nodeSelector.cloud\\.google\\.com/gke-accelerator=nvidia-l4",
+        "triton.extraVolumes[0].name=engines", "triton.extraVolumes[0].persistentVolumeClaim.claimName=trt",
+        "triton.extraVolumeMounts[0].name=engines", "triton.extraVolumeMounts[0].mountPath=/engines")).objects,
+        "Deployment", f"{R}-triton")
+    spec = deploy["spec"]["template"]["spec"]
+    assert spec["priorityClassName"] == "gpu-high" and spec["runtimeClassName"] == "nvidia"
+    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert {"name": "engines", "persistentVolumeClaim": {"claimName": "trt"}} in spec["volumes"]
+    main = next(c for c in spec["containers"] if c["name"] == "triton")
+    assert {"name": "engines", "mountPath": "/engines"} in main["volumeMounts"]
 
 
 def test_tensorrt_plans_built_on_the_node_gpu(helm, k8s):
@@ -349,7 +367,8 @@ def test_triton_hpa_metric_matches_adapter_rules_and_triton(helm, k8s, values_se
         target = hpa["spec"]["scaleTargetRef"]
         assert target["kind"] == "Deployment" and target["name"] in deployments
         assert "replicas" not in deployments[target["name"]]["spec"], "the HPA owns replicas"
-        assert "-canary" not in target["name"], "the canary never autoscales"
+        # The canary autoscales only where its overrides turn it on (the canary set: its Triton).
+        assert "-canary" not in target["name"] or (values_set == "canary" and target["name"] == f"{R}-triton-canary")
         behavior = hpa["spec"]["behavior"]
         assert behavior["scaleDown"]["stabilizationWindowSeconds"] > behavior["scaleUp"]["stabilizationWindowSeconds"]
     triton_hpa = hpas.get(f"{R}-triton")
@@ -457,9 +476,16 @@ def test_canary_split(helm, k8s):
         prep = next(c for c in inits if c["name"] == "prepare-models")
         arg = next(a for a in prep["command"] if a.startswith("--version-policy="))
         assert json.loads(arg.split("=", 1)[1]) == {"face_detector": {"specific": {"versions": versions}}}
-    # The canary has fixed replicas and no HPA / PDB of its own.
+    # The canary gateway has a fixed replica; the canary Triton has its own HPA on its own pods' queue time
+    # (the overrides turn it on), between 1 and 4 replicas.
     assert deploys[f"{R}-gateway-canary"]["spec"]["replicas"] == 1
-    assert deploys[f"{R}-triton-canary"]["spec"]["replicas"] == 1
+    assert "replicas" not in deploys[f"{R}-triton-canary"]["spec"]
+    hpa = k8s.named(objects, "HorizontalPodAutoscaler", f"{R}-triton-canary")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == f"{R}-triton-canary"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "facestack_triton_queue_seconds"
+    hpas = {h["metadata"]["name"] for h in k8s.by_kind(objects, "HorizontalPodAutoscaler")}
+    assert f"{R}-gateway-canary" not in hpas
 
 
 def test_no_canary_objects_by_default(helm, k8s):
