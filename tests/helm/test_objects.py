@@ -148,13 +148,23 @@ def test_network_policies_select_existing_pods(helm, k8s, values_set):
         targets = [(o, s) for o, s in pods if k8s.selects(sel, k8s.pod_labels(o))]
         assert targets, f"NetworkPolicy {pol['metadata']['name']} selects no pod"
         target_ports = {p["name"] for _, s in targets for c in s["containers"] for p in c.get("ports", [])}
-        for rule in pol["spec"]["ingress"]:
+        for rule in pol["spec"].get("ingress", []):
             for port in rule.get("ports", []):
                 assert port["port"] in target_ports, f"{pol['metadata']['name']}: port {port['port']}"
             for peer in rule["from"]:
                 if "podSelector" in peer:
                     peer_sel = peer["podSelector"]["matchLabels"]
                     assert any(k8s.selects(peer_sel, k8s.pod_labels(o)) for o, _ in pods), peer_sel
+        for rule in pol["spec"].get("egress", []):
+            # A named port must exist on the destination pods; a pod peer (other than cluster DNS, in any
+            # namespace) must select pods of this release.
+            peers = [p for p in rule.get("to", []) if "namespaceSelector" not in p]
+            for peer in peers:
+                dest = [s for o, s in pods if k8s.selects(peer["podSelector"]["matchLabels"], k8s.pod_labels(o))]
+                assert dest, f"{pol['metadata']['name']}: egress peer selects no pod"
+                dest_ports = {p["name"] for s in dest for c in s["containers"] for p in c.get("ports", [])}
+                named = {p["port"] for p in rule.get("ports", []) if isinstance(p["port"], str)}
+                assert named <= dest_ports, f"{pol['metadata']['name']}: egress ports {named - dest_ports}"
     assert (values_set == "milvus") == any(p["metadata"]["name"] == f"{R}-milvus" for p in policies)
 
 
@@ -174,10 +184,27 @@ def test_network_policy_semantics(helm, k8s):
     assert len(client) == 1 and client[0]["from"] == [{"podSelector": {"matchLabels": gateway_pods}}]
     # The ingress controller reaches only the gateway.
     for name, pol in pols.items():
-        peers = [peer for r in pol["spec"]["ingress"] for peer in r["from"]]
+        peers = [peer for r in pol["spec"].get("ingress", []) for peer in r["from"]]
         ingress_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
         has_ingress_ns = ingress_ns in peers
         assert has_ingress_ns == (name == f"{R}-gateway"), name
+
+
+def test_egress_policies_for_default_deny(helm, k8s):
+    """With networkPolicy.egress: the gateway reaches DNS, the Triton pods' inference ports and Milvus' port only;
+    the helm test pod DNS and the gateway only. Off by default (it restricts egress where nothing else does)."""
+    assert not [p for p in k8s.by_kind(helm.objects(), "NetworkPolicy") if "egress" in p["spec"]]
+    pols = {p["metadata"]["name"]: p["spec"] for p in k8s.by_kind(helm.objects("milvus"), "NetworkPolicy")}
+    gateway = pols[f"{R}-gateway-egress"]
+    assert gateway["policyTypes"] == ["Egress"]
+    dns, triton, milvus = gateway["egress"]
+    assert dns["to"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert triton["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "triton"
+    assert {p["port"] for p in triton["ports"]} == {"grpc", "http"}
+    assert milvus == {"ports": [{"port": 19530, "protocol": "TCP"}]}
+    test_pod = pols[f"{R}-helm-test-egress"]["egress"]
+    assert test_pod[1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
 
 
 def test_secret_and_configmap_references_resolve(helm, k8s, values_set):
