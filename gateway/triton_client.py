@@ -149,6 +149,7 @@ class TritonPipeline:
         self._client: grpcclient.InferenceServerClient | None = None
         self._batched: bool | None = None  # learnt from the model config on first use
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retired: list[grpcclient.InferenceServerClient] = []  # replaced channels still finishing calls
 
     async def start(self) -> None:
         # Lazy channel: Triton may come up later.
@@ -162,6 +163,7 @@ class TritonPipeline:
         self.metrics.triton_endpoints.set(len(endpoints))
         old, self._client = self._client, grpcclient.InferenceServerClient(self.url, channel_args=channel_args())
         if old is not None:
+            self._retired.append(old)
             self._spawn(self._close_later(old))
 
     async def _renew_channels(self) -> None:
@@ -174,6 +176,7 @@ class TritonPipeline:
 
     async def _close_later(self, client: grpcclient.InferenceServerClient) -> None:
         await asyncio.sleep(self.timeout + 1)  # every call on it has met its deadline by then
+        self._retired.remove(client)
         await client.close()
 
     def _spawn(self, coro) -> None:
@@ -185,9 +188,10 @@ class TritonPipeline:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for client in [*self._retired, *([self._client] if self._client is not None else [])]:
+            await client.close()
+        self._retired.clear()
+        self._client = None
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:

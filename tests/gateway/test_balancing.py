@@ -102,10 +102,12 @@ def test_channel_is_renewed_for_fresh_resolution() -> None:
             first = pipeline.client
             assert metrics.registry.get_sample_value("facestack_triton_endpoints") == 3
             await asyncio.sleep(0.6)
-            assert pipeline.client is not first
+            assert pipeline.client is not first and first in pipeline._retired  # closed after the deadline
+            await asyncio.sleep(1.2)
+            assert first not in pipeline._retired
         finally:
             await pipeline.close()
-        assert not pipeline._tasks
+        assert not pipeline._tasks and not pipeline._retired
 
     asyncio.run(run())
 
