@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     gateway_triton_concurrency: int = 8  # calls in flight to Triton per gateway process
     gateway_triton_queue: int = 64  # calls waiting for a slot; beyond it: 429
     gateway_triton_timeout_s: float = 10.0
+    gateway_triton_channel_max_age_s: float = 60.0  # new gRPC channel (fresh DNS: new Triton pods); 0 = never
     gateway_milvus_timeout_s: float = 5.0
     gateway_milvus_workers: int = 8  # threads for the (blocking) pymilvus client
     gateway_retry_after_s: int = 1  # Retry-After on 429

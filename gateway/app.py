@@ -72,7 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         triton = TritonPipeline(settings.triton_grpc_url, timeout=settings.gateway_triton_timeout_s,
                                 concurrency=settings.gateway_triton_concurrency, queue=settings.gateway_triton_queue,
                                 retry_after=settings.gateway_retry_after_s,
-                                backend_retry_after=settings.gateway_backend_retry_after_s, metrics=metrics)
+                                backend_retry_after=settings.gateway_backend_retry_after_s, metrics=metrics,
+                                channel_max_age=settings.gateway_triton_channel_max_age_s)
         store = Store(milvus_uri(settings), settings.milvus_token.get_secret_value(),
                       timeout=settings.gateway_milvus_timeout_s, workers=settings.gateway_milvus_workers,
                       metrics=metrics, retry_after=settings.gateway_backend_retry_after_s,

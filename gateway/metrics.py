@@ -21,6 +21,8 @@ class Metrics:
                                 "(queue wait excluded)", ["outcome"], buckets=_BUCKETS, registry=r)
         self.triton_inflight = Gauge("facestack_triton_inflight", "face_pipeline calls in flight", registry=r)
         self.triton_waiting = Gauge("facestack_triton_waiting", "face_pipeline calls waiting for a slot", registry=r)
+        self.triton_endpoints = Gauge("facestack_triton_endpoints", "Triton addresses the gRPC channel spreads calls "
+                                      "over (its target's last name resolution)", registry=r)
         self.milvus = Histogram("facestack_milvus_request_duration_seconds", "Milvus operation latency",
                                 ["operation", "outcome"], buckets=_BUCKETS, registry=r)
         self.faces = Histogram("facestack_faces_per_image", "faces found per image", ["route"],

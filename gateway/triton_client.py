@@ -3,6 +3,12 @@
 Contract: docs/architecture.md. The bulkhead bounds calls in flight (Triton's CPU is the bottleneck: more
 concurrency only queues inside Triton) and the number waiting; past that the gateway answers 429 at once
 instead of letting latency grow without bound.
+
+Balancing over several Triton pods (docs/helm.md): the target may name several addresses (a headless
+Service as `dns:///triton.ns.svc.cluster.local:8001`, or `ipv4:10.0.0.1:8001,10.0.0.2:8001`); the channel
+spreads calls over all of them (`round_robin`) and skips an unreachable one. gRPC resolves DNS again only
+when a connection breaks, so the channel is replaced every `channel_max_age` seconds (a fresh resolution:
+new pods get traffic); calls in flight finish on the old one.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 from dataclasses import dataclass
 
@@ -94,6 +101,35 @@ class Bulkhead:
         self._metrics.triton_inflight.dec()
 
 
+def channel_args() -> list[tuple[str, int | str]]:
+    """gRPC channel options: round_robin over every resolved address, large messages, keepalive, and a reconnect
+    backoff capped at 2 s (gRPC's default grows to 120 s): a restarted Triton is back within a readiness period."""
+    return [("grpc.lb_policy_name", "round_robin"),
+            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2_000)]
+
+
+def resolve_endpoints(target: str) -> list[str]:
+    """The addresses a gRPC target names: `ipv4:`/`ipv6:` lists as given, `unix:` as one, and `dns:///host:port`
+    or `host:port` by a DNS lookup (as the channel's resolver does). Empty when the name does not resolve."""
+    scheme, _, rest = target.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        return [a for a in rest.split(",") if a]
+    if scheme in ("unix", "unix-abstract"):
+        return [target]
+    if scheme == "dns":
+        target = rest.lstrip("/").split("/", 1)[-1] if rest.startswith("//") else rest
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]") or target
+    try:
+        infos = socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return sorted({f"{info[4][0]}:{info[4][1]}" for info in infos})
+
+
 def _squeeze(array: np.ndarray, ndim: int) -> np.ndarray:
     # With max_batch_size > 0 Triton adds a leading batch axis of 1; the contract shapes are without it.
     while array.ndim > ndim and array.shape[0] == 1:
@@ -103,28 +139,59 @@ def _squeeze(array: np.ndarray, ndim: int) -> np.ndarray:
 
 class TritonPipeline:
     def __init__(self, url: str, *, timeout: float, concurrency: int, queue: int, retry_after: int,
-                 backend_retry_after: int, metrics: Metrics) -> None:
+                 backend_retry_after: int, metrics: Metrics, channel_max_age: float = 0.0) -> None:
         self.url = url
         self.timeout = timeout
+        self.channel_max_age = channel_max_age
         self.backend_retry_after = backend_retry_after
         self.metrics = metrics
         self.bulkhead = Bulkhead(concurrency, queue, retry_after, metrics, timeout)
         self._client: grpcclient.InferenceServerClient | None = None
         self._batched: bool | None = None  # learnt from the model config on first use
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retired: list[grpcclient.InferenceServerClient] = []  # replaced channels still finishing calls
 
     async def start(self) -> None:
-        # Lazy channel: Triton may come up later. gRPC's default reconnect backoff grows to 120 s after a
-        # failure; capped at 2 s, a restarted Triton is back in service within a readiness period.
-        self._client = grpcclient.InferenceServerClient(self.url, channel_args=[
-            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
-            ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2_000)])
+        # Lazy channel: Triton may come up later.
+        await self._open()
+        if self.channel_max_age > 0:
+            self._spawn(self._renew_channels())
+
+    async def _open(self) -> None:
+        """A new channel (a fresh name resolution), and the endpoints gauge from the same resolution."""
+        endpoints = await asyncio.to_thread(resolve_endpoints, self.url)
+        self.metrics.triton_endpoints.set(len(endpoints))
+        old, self._client = self._client, grpcclient.InferenceServerClient(self.url, channel_args=channel_args())
+        if old is not None:
+            self._retired.append(old)
+            self._spawn(self._close_later(old))
+
+    async def _renew_channels(self) -> None:
+        while True:
+            await asyncio.sleep(self.channel_max_age)
+            try:
+                await self._open()
+            except Exception:  # noqa: BLE001 - a failed renewal keeps the current channel
+                log.exception("could not renew the Triton channel")
+
+    async def _close_later(self, client: grpcclient.InferenceServerClient) -> None:
+        await asyncio.sleep(self.timeout + 1)  # every call on it has met its deadline by then
+        self._retired.remove(client)
+        await client.close()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for client in [*self._retired, *([self._client] if self._client is not None else [])]:
+            await client.close()
+        self._retired.clear()
+        self._client = None
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:

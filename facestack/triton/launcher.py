@@ -75,13 +75,15 @@ def _stub_environment() -> dict[str, str]:
 
 
 class TritonServer:
-    """A tritonserver process bound to 127.0.0.1; `start()` returns once the pipeline model is ready."""
+    """A tritonserver process bound to `host` (127.0.0.1; any 127.x.y.z is loopback too, so two servers can share
+    ports on 127.0.0.1 and 127.0.0.2); `start()` returns once the pipeline model is ready."""
 
     def __init__(self, repository: Path | None = None, *, http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None, log_verbose: int = 0,
-                 config_name: str = "", ready_model: str = PIPELINE_MODEL) -> None:
+                 config_name: str = "", ready_model: str = PIPELINE_MODEL, host: str = "127.0.0.1") -> None:
         settings = get_settings()
         self.repository = Path(repository or settings.model_repository).resolve()
+        self.host = host
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -98,24 +100,24 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def command(self) -> list[str]:
         cmd = [
             str(pytriton_dir() / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
-            "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
             "--metrics-config=summary_latencies=true",
             "--exit-on-error=true", f"--log-verbose={self.log_verbose}",

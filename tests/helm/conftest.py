@@ -1,11 +1,10 @@
-"""Fixtures for the Helm chart checks: the pinned tools, an offline copy of the chart, cached renders, and
+"""Fixtures for the Helm chart checks: the pinned tools, the chart as committed, cached renders, and
 strict validators for every rendered kind. No cluster is involved; docs/helm.md says what that leaves out.
 
 * `helm` and `promtool` are fetched by helm/tools/fetch_tools.py (pinned, sha256-checked) on first use.
-* The chart declares the official Milvus chart as a dependency; that chart cannot be fetched here, and
-  `helm template` refuses to render while a declared dependency is missing, even a disabled one. The checks
-  therefore render a copy of the chart whose Chart.yaml lists no dependencies (`offline_chart`): everything
-  facestack's own templates produce is rendered and validated, the Milvus chart's objects are not.
+* The chart is rendered as committed (it has no dependencies: Milvus is its own release, docs/helm.md).
+* Every render is parsed with a loader that rejects duplicate mapping keys (`UniqueKeyLoader`): PyYAML keeps
+  the last value silently, while Flux and `kustomize --enable-helm` refuse such objects.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,14 +91,21 @@ def tools(fetcher) -> dict[str, Path]:
         pytest.fail(f"could not fetch the pinned tools: {exc}")
 
 
-def offline_copy(src: Path, dest: Path) -> Path:
-    """Copy the chart with its Chart.yaml `dependencies` removed (see the module docstring)."""
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
-    chart_yaml = dest / "Chart.yaml"
-    meta = yaml.safe_load(chart_yaml.read_text())
-    meta.pop("dependencies", None)
-    chart_yaml.write_text(yaml.safe_dump(meta, sort_keys=False))
-    return dest
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that fails on a key repeated in one mapping (strict YAML parsers do)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_all(text: str) -> list[dict]:
+    return [d for d in yaml.load_all(text, Loader=UniqueKeyLoader) if d]
 
 
 @dataclass
@@ -111,7 +116,7 @@ class HelmResult:
 
     @property
     def objects(self) -> list[dict]:
-        return [d for d in yaml.safe_load_all(self.stdout) if d]
+        return load_all(self.stdout)
 
 
 @dataclass
@@ -166,12 +171,7 @@ class Helm:
 
 
 @pytest.fixture(scope="session")
-def offline_chart(tmp_path_factory) -> Path:
-    return offline_copy(CHART_SRC, tmp_path_factory.mktemp("chart") / "facestack")
-
-
-@pytest.fixture(scope="session")
-def helm(tools, offline_chart, tmp_path_factory) -> Helm:
+def helm(tools, tmp_path_factory) -> Helm:
     home = tmp_path_factory.mktemp("helm-home")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -181,7 +181,7 @@ def helm(tools, offline_chart, tmp_path_factory) -> Helm:
         "HELM_DATA_HOME": str(home / "data"),
         "KUBECONFIG": str(home / "no-kubeconfig"),
     }
-    return Helm(binary=tools["helm"], env=env, chart=offline_chart)
+    return Helm(binary=tools["helm"], env=env, chart=CHART_SRC)
 
 
 @pytest.fixture(scope="session")
@@ -332,7 +332,7 @@ def k8s():
         pod_specs=pod_specs, pod_labels=pod_labels, by_kind=by_kind, named=named, selects=selects,
         RELEASE=RELEASE, NAMESPACE=NAMESPACE, KUBE_VERSIONS=KUBE_VERSIONS, VALUE_SETS=VALUE_SETS,
         TRITON_METRICS=TRITON_METRICS, GATEWAY_METRICS=GATEWAY_METRICS, CLUSTER_METRICS=CLUSTER_METRICS,
-        TRITON_MODELS=TRITON_MODELS, CHART_SRC=CHART_SRC, REPO=REPO, offline_copy=offline_copy,
+        TRITON_MODELS=TRITON_MODELS, CHART_SRC=CHART_SRC, REPO=REPO, load_all=load_all,
     )
 
 

@@ -51,7 +51,9 @@ def test_gpu_resources_only_on_triton(helm, k8s, values_set):
         main = next(c for c in spec["containers"] if c["name"] == "triton")
         if gpu_enabled:
             assert main["resources"]["limits"][GPU] == 1 and main["resources"]["requests"][GPU] == 1
-            assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+            # No GPU Feature Discovery label needed: the GPU request and the toleration place the pod.
+            assert "nodeSelector" not in spec
+            assert main["resources"]["requests"]["ephemeral-storage"] == "8Gi"
             assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
             config = "plan" if values_set == "keda" else "gpu"  # keda set: prebuilt TensorRT plans
             assert f"--model-config-name={config}" in main["args"]
@@ -60,6 +62,22 @@ def test_gpu_resources_only_on_triton(helm, k8s, values_set):
             assert GPU not in main["resources"].get("limits", {})
             assert not any(a.startswith("--model-config-name") for a in main["args"])
             assert "--allow-gpu-metrics=false" in main["args"] and "--pinned-memory-pool-byte-size=0" in main["args"]
+
+
+def test_triton_platform_options(helm, k8s):
+    """priorityClassName, runtimeClassName, a node selector for a GPU type, and extra volumes reach the pod."""
+    deploy = k8s.named(helm.template(sets=(
+        "triton.priorityClassName=gpu-high", "triton.runtimeClassName=nvidia",
+        "triton.nodeSelector.cloud\\.google\\.com/gke-accelerator=nvidia-l4",
+        "triton.extraVolumes[0].name=engines", "triton.extraVolumes[0].persistentVolumeClaim.claimName=trt",
+        "triton.extraVolumeMounts[0].name=engines", "triton.extraVolumeMounts[0].mountPath=/engines")).objects,
+        "Deployment", f"{R}-triton")
+    spec = deploy["spec"]["template"]["spec"]
+    assert spec["priorityClassName"] == "gpu-high" and spec["runtimeClassName"] == "nvidia"
+    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert {"name": "engines", "persistentVolumeClaim": {"claimName": "trt"}} in spec["volumes"]
+    main = next(c for c in spec["containers"] if c["name"] == "triton")
+    assert {"name": "engines", "mountPath": "/engines"} in main["volumeMounts"]
 
 
 def test_tensorrt_plans_built_on_the_node_gpu(helm, k8s):
@@ -124,19 +142,29 @@ def test_network_policies_select_existing_pods(helm, k8s, values_set):
     for pol in policies:
         sel = pol["spec"]["podSelector"]["matchLabels"]
         if pol["metadata"]["name"] == f"{R}-milvus":
-            # Pods of the Milvus dependency (not rendered here): the milvus chart's own selector labels.
-            assert sel == {"app.kubernetes.io/name": "milvus", "app.kubernetes.io/instance": k8s.RELEASE}
+            # Pods of the separate Milvus release (not rendered here): the official chart's labels for `milvus`.
+            assert sel == {"app.kubernetes.io/name": "milvus", "app.kubernetes.io/instance": "milvus"}
             continue
         targets = [(o, s) for o, s in pods if k8s.selects(sel, k8s.pod_labels(o))]
         assert targets, f"NetworkPolicy {pol['metadata']['name']} selects no pod"
         target_ports = {p["name"] for _, s in targets for c in s["containers"] for p in c.get("ports", [])}
-        for rule in pol["spec"]["ingress"]:
+        for rule in pol["spec"].get("ingress", []):
             for port in rule.get("ports", []):
                 assert port["port"] in target_ports, f"{pol['metadata']['name']}: port {port['port']}"
             for peer in rule["from"]:
                 if "podSelector" in peer:
                     peer_sel = peer["podSelector"]["matchLabels"]
                     assert any(k8s.selects(peer_sel, k8s.pod_labels(o)) for o, _ in pods), peer_sel
+        for rule in pol["spec"].get("egress", []):
+            # A named port must exist on the destination pods; a pod peer (other than cluster DNS, in any
+            # namespace) must select pods of this release.
+            peers = [p for p in rule.get("to", []) if "namespaceSelector" not in p]
+            for peer in peers:
+                dest = [s for o, s in pods if k8s.selects(peer["podSelector"]["matchLabels"], k8s.pod_labels(o))]
+                assert dest, f"{pol['metadata']['name']}: egress peer selects no pod"
+                dest_ports = {p["name"] for s in dest for c in s["containers"] for p in c.get("ports", [])}
+                named = {p["port"] for p in rule.get("ports", []) if isinstance(p["port"], str)}
+                assert named <= dest_ports, f"{pol['metadata']['name']}: egress ports {named - dest_ports}"
     assert (values_set == "milvus") == any(p["metadata"]["name"] == f"{R}-milvus" for p in policies)
 
 
@@ -156,10 +184,27 @@ def test_network_policy_semantics(helm, k8s):
     assert len(client) == 1 and client[0]["from"] == [{"podSelector": {"matchLabels": gateway_pods}}]
     # The ingress controller reaches only the gateway.
     for name, pol in pols.items():
-        peers = [peer for r in pol["spec"]["ingress"] for peer in r["from"]]
+        peers = [peer for r in pol["spec"].get("ingress", []) for peer in r["from"]]
         ingress_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
         has_ingress_ns = ingress_ns in peers
         assert has_ingress_ns == (name == f"{R}-gateway"), name
+
+
+def test_egress_policies_for_default_deny(helm, k8s):
+    """With networkPolicy.egress: the gateway reaches DNS, the Triton pods' inference ports and Milvus' port only;
+    the helm test pod DNS and the gateway only. Off by default (it restricts egress where nothing else does)."""
+    assert not [p for p in k8s.by_kind(helm.objects(), "NetworkPolicy") if "egress" in p["spec"]]
+    pols = {p["metadata"]["name"]: p["spec"] for p in k8s.by_kind(helm.objects("milvus"), "NetworkPolicy")}
+    gateway = pols[f"{R}-gateway-egress"]
+    assert gateway["policyTypes"] == ["Egress"]
+    dns, triton, milvus = gateway["egress"]
+    assert dns["to"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert triton["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "triton"
+    assert {p["port"] for p in triton["ports"]} == {"grpc", "http"}
+    assert milvus == {"ports": [{"port": 19530, "protocol": "TCP"}]}
+    test_pod = pols[f"{R}-helm-test-egress"]["egress"]
+    assert test_pod[1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
 
 
 def test_secret_and_configmap_references_resolve(helm, k8s, values_set):
@@ -198,8 +243,15 @@ def test_gateway_wiring(helm, k8s, values_set):
             continue
         spec = deploy["spec"]["template"]["spec"]
         env = _env(spec["containers"][0])
-        host, port = env["FACESTACK_TRITON_GRPC_URL"]["value"].split(":")
+        # dns:///<service>.<namespace>.svc.cluster.local:<port> of a headless Triton Service: the gateway's gRPC
+        # channel resolves every ready Triton pod and balances over them (round_robin).
+        target = env["FACESTACK_TRITON_GRPC_URL"]["value"]
+        assert target.startswith("dns:///"), target
+        fqdn, port = target.removeprefix("dns:///").split(":")
+        host, namespace, rest = fqdn.split(".", 2)
+        assert namespace == k8s.NAMESPACE and rest == "svc.cluster.local"
         assert host in services and services[host]["metadata"]["labels"]["app.kubernetes.io/component"] == "triton"
+        assert services[host]["spec"]["clusterIP"] == "None" and "type" not in services[host]["spec"]
         assert {"name": "grpc", "port": int(port), "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"} \
             in services[host]["spec"]["ports"]
         keys_file = env["FACESTACK_API_KEYS_FILE"]["value"]
@@ -210,7 +262,7 @@ def test_gateway_wiring(helm, k8s, values_set):
         grace = spec["terminationGracePeriodSeconds"]
         assert grace > int(env["FACESTACK_GATEWAY_SHUTDOWN_TIMEOUT_S"]["value"]) + 5
         if values_set == "milvus":
-            assert env["MILVUS_URI"]["value"] == "http://fs-milvus:19530"
+            assert env["MILVUS_URI"]["value"] == "http://milvus:19530"
             assert env["MILVUS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{R}-milvus", "key": "token"}
         elif values_set == "canary":
             assert env["MILVUS_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "milvus-credentials"
@@ -227,10 +279,12 @@ def test_probes_everywhere(helm, k8s, values_set):
         for c in deploy["spec"]["template"]["spec"]["containers"]:
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert probe in c, f"{deploy['metadata']['name']}/{c['name']} has no {probe}"
-            paths = {c[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
             if c["name"] == "triton":
-                # The pipeline model's ready endpoint, never the server-wide one.
-                assert paths == {"/v2/models/face_pipeline/ready"}
+                # Ready: the pipeline model's endpoint, never the server-wide one (one failed model keeps that at
+                # 400). Alive: the server process answering (a busy or reloading model must not get it killed).
+                assert {c[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe")} == {
+                    "/v2/models/face_pipeline/ready"}
+                assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
             else:
                 assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
                 assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -340,7 +394,8 @@ def test_triton_hpa_metric_matches_adapter_rules_and_triton(helm, k8s, values_se
         target = hpa["spec"]["scaleTargetRef"]
         assert target["kind"] == "Deployment" and target["name"] in deployments
         assert "replicas" not in deployments[target["name"]]["spec"], "the HPA owns replicas"
-        assert "-canary" not in target["name"], "the canary never autoscales"
+        # The canary autoscales only where its overrides turn it on (the canary set: its Triton).
+        assert "-canary" not in target["name"] or (values_set == "canary" and target["name"] == f"{R}-triton-canary")
         behavior = hpa["spec"]["behavior"]
         assert behavior["scaleDown"]["stabilizationWindowSeconds"] > behavior["scaleUp"]["stabilizationWindowSeconds"]
     triton_hpa = hpas.get(f"{R}-triton")
@@ -359,11 +414,11 @@ def test_triton_hpa_metric_matches_adapter_rules_and_triton(helm, k8s, values_se
         assert metric["type"] == "External"
         assert metric["external"]["metric"]["selector"]["matchLabels"] == {"service": f"{R}-triton"}
         assert f"{R}-triton" in {s["metadata"]["name"] for s in k8s.by_kind(objects, "Service")}
-        assert metric["external"]["target"] == {"type": "Value", "value": "0.010"}
+        assert metric["external"]["target"] == {"type": "Value", "value": "0.050"}
         rules = [r for r in config["externalRules"] if r["name"]["as"] == metric["external"]["metric"]["name"]]
     else:
         assert metric["type"] == "Pods"
-        assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "0.010"}
+        assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "0.050"}
         rules = [r for r in config["rules"] if r["name"]["as"] == metric["pods"]["metric"]["name"]]
         assert rules[0]["resources"]["overrides"]["pod"] == {"resource": "pod"}
     assert len(rules) == 1, "exactly one adapter rule must serve the HPA's metric"
@@ -371,7 +426,8 @@ def test_triton_hpa_metric_matches_adapter_rules_and_triton(helm, k8s, values_se
     query = rules[0]["metricsQuery"]
     assert "nv_inference_queue_duration_us" in query and "nv_inference_request_success" in query
     models = set(re.findall(r'model=~"([^"]+)"', query)[0].split("|"))
-    assert models == {"face_detector", "face_embedder"}, "scale on the composing models, not the BLS model"
+    assert models == {"face_pipeline", "face_detector", "face_embedder", "face_embedder_dlib"}, \
+        "the pipeline holds the backlog; every embedder counts"
 
 
 def test_gateway_hpa_and_adapter(helm, k8s):
@@ -392,12 +448,12 @@ def test_keda_scaled_object(helm, k8s):
     so = k8s.named(objects, "ScaledObject", f"{R}-triton")
     assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{R}-triton"}
     assert "replicas" not in k8s.named(objects, "Deployment", f"{R}-triton")["spec"]
-    assert so["spec"]["minReplicaCount"] == 1 and so["spec"]["maxReplicaCount"] == 12
+    assert so["spec"]["minReplicaCount"] == 2 and so["spec"]["maxReplicaCount"] == 12
     (trigger,) = so["spec"]["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "Value"
     assert trigger["authenticationRef"] == {"name": "prometheus-auth"}
     meta = trigger["metadata"]
-    assert meta["threshold"] == "0.010" and meta["serverAddress"].startswith("http://prometheus-operated")
+    assert meta["threshold"] == "0.050" and meta["serverAddress"].startswith("http://prometheus-operated")
     assert _metric_names(meta["query"]) <= k8s.TRITON_METRICS
     assert f'service="{R}-triton"' in meta["query"] and 'namespace="facestack"' in meta["query"]
     behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
@@ -439,7 +495,7 @@ def test_canary_split(helm, k8s):
     # Each gateway track calls its own Triton track.
     for track, triton in (("gateway", "triton"), ("gateway-canary", "triton-canary")):
         env = _env(deploys[f"{R}-{track}"]["spec"]["template"]["spec"]["containers"][0])
-        assert env["FACESTACK_TRITON_GRPC_URL"]["value"] == f"{R}-{triton}:8001"
+        assert env["FACESTACK_TRITON_GRPC_URL"]["value"] == f"dns:///{R}-{triton}.facestack.svc.cluster.local:8001"
         assert env["FACESTACK_TRACK"]["value"] == ("canary" if "canary" in track else "stable")
     # Model-version canary: the version policy each Triton track applies.
     for name, versions in ((f"{R}-triton", [1]), (f"{R}-triton-canary", [2])):
@@ -447,9 +503,16 @@ def test_canary_split(helm, k8s):
         prep = next(c for c in inits if c["name"] == "prepare-models")
         arg = next(a for a in prep["command"] if a.startswith("--version-policy="))
         assert json.loads(arg.split("=", 1)[1]) == {"face_detector": {"specific": {"versions": versions}}}
-    # The canary has fixed replicas and no HPA / PDB of its own.
+    # The canary gateway has a fixed replica; the canary Triton has its own HPA on its own pods' queue time
+    # (the overrides turn it on), between 1 and 4 replicas.
     assert deploys[f"{R}-gateway-canary"]["spec"]["replicas"] == 1
-    assert deploys[f"{R}-triton-canary"]["spec"]["replicas"] == 1
+    assert "replicas" not in deploys[f"{R}-triton-canary"]["spec"]
+    hpa = k8s.named(objects, "HorizontalPodAutoscaler", f"{R}-triton-canary")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == f"{R}-triton-canary"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "facestack_triton_queue_seconds"
+    hpas = {h["metadata"]["name"] for h in k8s.by_kind(objects, "HorizontalPodAutoscaler")}
+    assert f"{R}-gateway-canary" not in hpas
 
 
 def test_no_canary_objects_by_default(helm, k8s):
@@ -463,7 +526,7 @@ def test_canary_gateway_can_call_the_stable_triton(helm, k8s):
     assert deploys == {f"{R}-gateway", f"{R}-gateway-canary", f"{R}-triton"}
     canary = k8s.named(objects, "Deployment", f"{R}-gateway-canary")
     assert _env(canary["spec"]["template"]["spec"]["containers"][0])["FACESTACK_TRITON_GRPC_URL"]["value"] == \
-        f"{R}-triton:8001"
+        f"dns:///{R}-triton.facestack.svc.cluster.local:8001"
 
 
 @pytest.mark.parametrize("weight", [0, 100])
@@ -545,3 +608,27 @@ def test_helm_test_hook(helm, k8s):
     peers = [p["podSelector"]["matchLabels"]
              for r in policy["spec"]["ingress"] for p in r["from"] if "podSelector" in p]
     assert any(k8s.selects(sel, pod["metadata"]["labels"]) for sel in peers)
+
+
+def test_ingress_exposes_only_the_api(helm, k8s, values_set):
+    """The Ingress routes /v1 only: /metrics, /readyz, /healthz and /docs stay inside the cluster."""
+    for ing in k8s.by_kind(helm.objects(values_set), "Ingress"):
+        paths = [p for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]]
+        assert [(p["path"], p["pathType"]) for p in paths] == [("/v1", "Prefix")]
+
+
+def test_canary_version_policy_replaces_the_stable_one(helm, k8s):
+    """An overridden policy replaces the model's stable one: merged, `latest` and `specific` would both be set,
+    and Triton rejects a version_policy with two choices."""
+    objects = helm.template(sets=(
+        "canary.enabled=true", "triton.modelRepository.versionPolicy.face_detector.latest.num_versions=1",
+        "canary.triton.overrides.modelRepository.versionPolicy.face_detector.specific.versions={2}")).objects
+    deploys = {d["metadata"]["name"]: d for d in k8s.by_kind(objects, "Deployment")}
+    policies = {}
+    for name in (f"{R}-triton", f"{R}-triton-canary"):
+        prep = next(c for c in deploys[name]["spec"]["template"]["spec"]["initContainers"]
+                    if c["name"] == "prepare-models")
+        arg = next(a for a in prep["command"] if a.startswith("--version-policy="))
+        policies[name] = json.loads(arg.split("=", 1)[1])
+    assert policies[f"{R}-triton"] == {"face_detector": {"latest": {"num_versions": 1}}}
+    assert policies[f"{R}-triton-canary"] == {"face_detector": {"specific": {"versions": [2]}}}

@@ -158,6 +158,16 @@ CASES = [
             alert("FacestackTritonQueueTimeHigh", "15m", warning(service=TR), value="100ms"),
         ],
     },
+    {   # The backlog waits in face_pipeline's own queue (its composing models see at most two requests): the
+        # alert reads the pipeline too.
+        "name": "pipeline queue time high",
+        "interval": "15s",
+        "input_series": [*model_load("face_pipeline", 400000, 2), *model_load("face_detector", 1000, 2),
+                         *model_load("face_embedder", 2000, 2)],
+        "alert_rule_test": [
+            alert("FacestackTritonQueueTimeHigh", "15m", warning(service=TR), value="400ms"),
+        ],
+    },
     {   # 10 % of /v1 requests fail for 75 minutes: both burn-rate alerts and the 5xx alert fire.
         "name": "error budget burn",
         "interval": "1m",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import yaml
 
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
              ("keda.sh/v1alpha1", "ScaledObject")}
@@ -39,6 +40,50 @@ def test_every_object_validates_strictly(helm, kube_schemas, crd_validate, value
         else:
             problems += [f"{name}: {e}" for e in errors]
     assert not problems, "\n".join(problems)
+
+
+def test_no_duplicate_keys_in_any_render(helm, k8s, values_set, kube_version):
+    """Every render parses with the duplicate-key-rejecting loader (as Flux and kustomize --enable-helm would);
+    a plain yaml.safe_load would silently keep the last of two equal keys."""
+    text = helm.template(values_set, kube_version).stdout
+    objects = k8s.load_all(text)
+    assert len(objects) == len([d for d in yaml.safe_load_all(text) if d])
+    for obj in objects:
+        for labels in (obj["metadata"].get("labels", {}),
+                       obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})):
+            assert labels.get("app.kubernetes.io/name", "facestack") in ("facestack", "milvus"), obj["metadata"]
+
+
+def test_duplicate_key_loader_rejects_duplicates(k8s):
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'app.kubernetes.io/name'"):
+        k8s.load_all("metadata:\n  labels:\n    app.kubernetes.io/name: a\n    app.kubernetes.io/name: a\n")
+    assert k8s.load_all("a: {b: 1}\n---\na: {b: 1}\n") == [{"a": {"b": 1}}, {"a": {"b": 1}}]
+
+
+def test_common_labels_never_duplicate_selector_labels(helm, k8s):
+    """commonLabels naming a selector key are overridden by the selector's value (one key, the right value)."""
+    objects = helm.template(sets=("commonLabels.app\\.kubernetes\\.io/component=x", "commonLabels.team=faces")).objects
+    for obj in objects:
+        assert obj["metadata"]["labels"]["team"] == "faces"
+    deploy = k8s.named(objects, "Deployment", f"{k8s.RELEASE}-facestack-gateway")
+    assert deploy["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+    assert deploy["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+
+
+def test_pod_templates_do_not_change_with_the_chart_version(helm, k8s, tmp_path):
+    """Pod template labels carry no chart or app version: bumping the chart alone restarts no (GPU) pod."""
+    bumped = tmp_path / "facestack"
+    shutil.copytree(k8s.CHART_SRC, bumped)
+    meta = (bumped / "Chart.yaml").read_text()
+    (bumped / "Chart.yaml").write_text(meta.replace("\nversion: 0.1.0", "\nversion: 0.1.1"))
+    def templates(chart):
+        return {d["metadata"]["name"]: d["spec"]["template"] for d in helm.template(chart=chart).objects
+                if d["kind"] == "Deployment"}
+
+    before, after = templates(None), templates(bumped)
+    assert before == after
+    for template in before.values():
+        assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(template["metadata"]["labels"])
 
 
 def test_names_are_unique_and_valid(helm, values_set):
@@ -93,11 +138,11 @@ def test_core_schemas_are_strict(kube_schemas, helm, k8s):
 
 
 @pytest.fixture(scope="module")
-def notes_chart(offline_chart, tmp_path_factory):
+def notes_chart(k8s, tmp_path_factory):
     """`helm template` does not render NOTES.txt (and `install --dry-run` needs a cluster): a copy of the chart
     renders it into a ConfigMap instead."""
     chart = tmp_path_factory.mktemp("notes") / "facestack"
-    shutil.copytree(offline_chart, chart)
+    shutil.copytree(k8s.CHART_SRC, chart)
     notes = (chart / "templates" / "NOTES.txt").read_text()
     (chart / "templates" / "_notes_check.tpl").write_text('{{- define "notes.check" }}' + notes + "{{- end }}")
     (chart / "templates" / "notes-check.yaml").write_text(

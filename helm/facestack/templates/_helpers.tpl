@@ -22,17 +22,29 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Labels on every object. */}}
+{{/* Labels on every object (chart, version, commonLabels). */}}
 {{- define "facestack.labels" -}}
-helm.sh/chart: {{ include "facestack.chart" . }}
-app.kubernetes.io/name: {{ include "facestack.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: facestack
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
+{{- include "facestack.labelsWith" (dict "root" .) -}}
+{{- end -}}
+
+{{/*
+Labels on an object, with `extra` (a YAML map) merged in: dict root, extra. One map, so no key is written
+twice (Flux and kustomize reject duplicate keys); `extra` wins over commonLabels.
+*/}}
+{{- define "facestack.labelsWith" -}}
+{{- $labels := dict "helm.sh/chart" (include "facestack.chart" .root) "app.kubernetes.io/name" (include "facestack.name" .root) "app.kubernetes.io/instance" .root.Release.Name "app.kubernetes.io/version" (.root.Chart.AppVersion | toString) "app.kubernetes.io/managed-by" .root.Release.Service "app.kubernetes.io/part-of" "facestack" -}}
+{{- $labels = mergeOverwrite $labels (deepCopy (default dict .root.Values.commonLabels)) (fromYaml (default "" .extra)) -}}
+{{- toYaml $labels -}}
+{{- end -}}
+
+{{/*
+Pod template labels: selector labels, commonLabels and podLabels, but not the chart or app version, so that a
+chart bump alone does not restart (GPU) pods: dict root, selector (selector labels YAML), podLabels.
+*/}}
+{{- define "facestack.podLabels" -}}
+{{- $labels := dict "app.kubernetes.io/part-of" "facestack" "app.kubernetes.io/managed-by" .root.Release.Service -}}
+{{- $labels = mergeOverwrite $labels (deepCopy (default dict .root.Values.commonLabels)) (deepCopy (default dict .podLabels)) (fromYaml .selector) -}}
+{{- toYaml $labels -}}
 {{- end -}}
 
 {{/* Labels that select one component's pods across tracks: dict root, component. */}}
@@ -89,7 +101,13 @@ facestack.io/track: {{ .track }}
 {{- define "facestack.triton.values" -}}
 {{- $v := deepCopy .root.Values.triton -}}
 {{- if eq .track "canary" -}}
-{{- $v = mergeOverwrite $v (deepCopy (default dict .root.Values.canary.triton.overrides)) -}}
+{{- $over := deepCopy (default dict .root.Values.canary.triton.overrides) -}}
+{{- $v = mergeOverwrite $v $over -}}
+{{- /* A model's version policy is one choice (latest / all / specific): an overridden one replaces the stable
+one instead of merging into it (two choices would make Triton reject the config). */}}
+{{- range $model, $policy := (($over.modelRepository | default dict).versionPolicy | default dict) -}}
+{{- $_ := set $v.modelRepository.versionPolicy $model $policy -}}
+{{- end -}}
 {{- end -}}
 {{- toYaml $v -}}
 {{- end -}}
@@ -122,29 +140,6 @@ facestack.io/track: {{ .track }}
 {{- .Values.milvusConnection.existingSecret -}}
 {{- else if .Values.milvusConnection.token -}}
 {{- printf "%s-milvus" (include "facestack.fullname" .) -}}
-{{- end -}}
-{{- end -}}
-
-{{/* Service name of the Milvus dependency (the milvus chart's own fullname rule). */}}
-{{- define "facestack.milvusDependencyName" -}}
-{{- $m := .Values.milvus -}}
-{{- if $m.fullnameOverride -}}
-{{- $m.fullnameOverride | trunc 63 | trimSuffix "-" -}}
-{{- else -}}
-{{- $name := default "milvus" $m.nameOverride -}}
-{{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
-{{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-
-{{- define "facestack.milvusUri" -}}
-{{- if .Values.milvus.enabled -}}
-{{- printf "http://%s:19530" (include "facestack.milvusDependencyName" .) -}}
-{{- else -}}
-{{- .Values.milvusConnection.uri -}}
 {{- end -}}
 {{- end -}}
 
