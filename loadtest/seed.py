@@ -4,24 +4,27 @@
 
 Fillers are enrolled from the faces of the group photos (sample1-6, cropped here), cycled: ~20 distinct
 people who are neither probe identity, so identify's expected answers stay exact. Idempotent: existing
-galleries and subjects are kept, so a second run only adds what is missing. Also creates <gallery>-enrol,
+galleries and subjects are kept, so a second run only adds what is missing. Talks to the API through the
+typed client (facestack.client), which retries 429/503 after Retry-After. Also creates <gallery>-enrol,
 where the enrolment users create and erase their subjects. Needs an admin key to create the galleries.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import cv2
 import httpx
 import numpy as np
 
+from facestack.client import Client, Conflict, FaceRejected, FacestackError, Forbidden, NotFound
 from loadtest.payloads import GROUPS, IMPOSTOR, REFERENCE, photo
 
 ANCHORS = {"obama": REFERENCE, "biden": IMPOSTOR}  # subject -> the photo enrolled for it
@@ -45,20 +48,22 @@ def first_key(api_key: str) -> str:
     return api_key.split(",")[0].strip()
 
 
-def _check(response: httpx.Response, *ok: int) -> httpx.Response:
-    if response.status_code not in ok:
-        hint = " (creating a gallery needs an admin key)" if response.status_code == 403 else ""
-        raise SeedError(f"{response.request.method} {response.request.url.path}: {response.status_code} "
-                        f"{response.text[:300]}{hint}")
-    return response
+@contextlib.contextmanager
+def _client(url: str, api_key: str, timeout_s: float) -> Iterator[Client]:
+    """The typed client (retries 429/503 after Retry-After); its errors surface as SeedError."""
+    try:
+        with Client(url, first_key(api_key), timeout=timeout_s) as client:
+            yield client
+    except FacestackError as exc:
+        raise SeedError(str(exc)) from exc
 
 
-def face_crops(client: httpx.Client) -> list[bytes]:
+def face_crops(client: Client) -> list[bytes]:
     """Every face of the group photos, cropped with a margin (the detector needs context around a face)."""
     crops = []
     for name in GROUPS:
         data = photo(name).data
-        faces = _check(client.post("/v1/detect", files={"image": (name, data)}), 200).json()["faces"]
+        faces = client.detect(data)["faces"]
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         for face in faces:
             x1, y1, x2, y2 = face["box"]
@@ -70,25 +75,29 @@ def face_crops(client: httpx.Client) -> list[bytes]:
     return crops
 
 
-def existing_subjects(client: httpx.Client, gallery: str) -> set[str]:
+def existing_subjects(client: Client, gallery: str) -> set[str]:
     found: set[str] = set()
-    offset = 0
-    while True:
-        page = _check(client.get(f"/v1/galleries/{quote(gallery, safe='')}/subjects",
-                                 params={"limit": 1000, "offset": offset}), 200).json()
+    cursor = None
+    while True:  # cursor pages: no offset cap however large the gallery
+        page = client.list_subjects(gallery, limit=1000, cursor=cursor)
         found.update(item["subject_id"] for item in page["items"])
-        offset += len(page["items"])
-        if not page["items"] or offset >= page["total"]:
+        cursor = page.get("next")
+        if not cursor:
             return found
 
 
-def ensure_gallery(client: httpx.Client, gallery: str) -> None:
-    _check(client.post("/v1/galleries", json={"gallery_id": gallery, "metadata": {"purpose": "load test"}}), 201, 409)
+def ensure_gallery(client: Client, gallery: str) -> None:
+    try:
+        client.create_gallery(gallery, metadata={"purpose": "load test"})
+    except Conflict:
+        pass  # kept from an earlier run
+    except Forbidden as exc:
+        raise SeedError(f"creating gallery {gallery!r}: {exc} (creating a gallery needs an admin key)") from exc
 
 
-def _enrol(client: httpx.Client, gallery: str, subject: str, image: bytes) -> httpx.Response:
-    path = f"/v1/galleries/{quote(gallery, safe='')}/subjects/{quote(subject, safe='')}/faces"
-    return client.post(path, files={"image": (f"{subject}.jpg", image)})
+def ensure_subject(client: Client, gallery: str, subject: str) -> None:
+    with contextlib.suppress(Conflict):  # kept from an earlier run
+        client.create_subject(gallery, subject)
 
 
 def seed(url: str, api_key: str, subjects: int, gallery: str = "loadtest", *, workers: int = 4,
@@ -96,17 +105,15 @@ def seed(url: str, api_key: str, subjects: int, gallery: str = "loadtest", *, wo
     if subjects < len(ANCHORS):
         raise SeedError(f"a gallery needs at least {len(ANCHORS)} subjects (the probes' identities)")
     started = time.perf_counter()
-    with httpx.Client(base_url=url, headers={"X-API-Key": first_key(api_key)}, timeout=timeout_s) as client:
+    with _client(url, api_key, timeout_s) as client:
         ensure_gallery(client, gallery)
         ensure_gallery(client, f"{gallery}-enrol")
         have = existing_subjects(client, gallery)
-        g = quote(gallery, safe="")
         for subject in ANCHORS:  # the probes' identities must hold a template, even after an interrupted seed
-            if subject in have and _check(client.get(f"/v1/galleries/{g}/subjects/{subject}"), 200).json()["faces"]:
+            if subject in have and client.get_subject(gallery, subject)["faces"]:
                 continue
-            if subject not in have:
-                _check(client.post(f"/v1/galleries/{g}/subjects", json={"subject_id": subject}), 201, 409)
-            _check(_enrol(client, gallery, subject, photo(ANCHORS[subject]).data), 201)
+            ensure_subject(client, gallery, subject)
+            client.enrol(gallery, subject, photo(ANCHORS[subject]).data)
         fillers = [f"filler-{i:05d}" for i in range(1, subjects - len(ANCHORS) + 1)]
         missing = [s for s in fillers if s not in have]
         pool = face_crops(client) if missing else []
@@ -114,30 +121,30 @@ def seed(url: str, api_key: str, subjects: int, gallery: str = "loadtest", *, wo
 
         def add(index_subject: tuple[int, str]) -> None:
             index, subject = index_subject
-            _check(client.post(f"/v1/galleries/{g}/subjects", json={"subject_id": subject}), 201, 409)
+            ensure_subject(client, gallery, subject)
             for attempt in range(len(pool)):
                 crop = (index + attempt) % len(pool)
                 if crop in rejected:
                     continue
-                response = _enrol(client, gallery, subject, pool[crop])
-                if response.status_code == 201:
+                try:
+                    client.enrol(gallery, subject, pool[crop])
                     return
-                if response.status_code != 422:
-                    _check(response, 201)
-                rejected.add(crop)
+                except FaceRejected:
+                    rejected.add(crop)
             raise SeedError(f"no face crop could be enrolled for {subject}")
 
         with ThreadPoolExecutor(workers) as pool_exec:  # Triton runs the enrolments in parallel
             list(pool_exec.map(add, enumerate(missing)))
-        info = _check(client.get(f"/v1/galleries/{g}"), 200).json()
+        info = client.get_gallery(gallery)
     return SeedResult(gallery, info["subjects"], len(missing), info["templates"],
                       round(time.perf_counter() - started, 1))
 
 
 def cleanup(url: str, api_key: str, gallery: str = "loadtest") -> None:
-    with httpx.Client(base_url=url, headers={"X-API-Key": first_key(api_key)}, timeout=120) as client:
+    with _client(url, api_key, 120) as client:
         for name in (gallery, f"{gallery}-enrol"):
-            _check(client.delete(f"/v1/galleries/{quote(name, safe='')}"), 200, 404)
+            with contextlib.suppress(NotFound):
+                client.delete_gallery(name)
 
 
 def main(argv: list[str] | None = None) -> int:
