@@ -1,4 +1,10 @@
-"""GET /healthz (alive), /readyz (Triton's pipeline ready and Milvus reachable), /metrics (Prometheus)."""
+"""GET /healthz (alive), /readyz (can serve: Triton's pipeline ready), /dependencies (Triton and Milvus),
+/metrics (Prometheus).
+
+Readiness does not depend on Milvus: verify and detect need only Triton, and a Milvus blip would otherwise
+take every gateway replica out of its Service at once (the routes that need Milvus answer 503 with Retry-After
+meanwhile). /readyz still reports Milvus, and /dependencies fails when either is down, for monitoring.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +25,31 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: Triton's face_pipeline is ready and Milvus answers",
-            responses={503: {"description": "problem+json, code: backend_unavailable"}}, openapi_extra=NO_KEY)
-async def readyz(request: Request) -> dict:
+async def _backends(request: Request) -> dict[str, bool]:
     svc = services(request)
     triton, milvus = await asyncio.gather(svc.triton.ready(), svc.store.ping())
-    if not (triton and milvus):
-        down = [name for name, ok in (("triton", triton), ("milvus", milvus)) if not ok]
-        raise ApiError("backend_unavailable", f"not ready: {', '.join(down)} unavailable",
-                       retry_after=svc.settings.gateway_backend_retry_after_s, triton=triton, milvus=milvus)
-    return {"status": "ready", "triton": True, "milvus": True}
+    return {"triton": triton, "milvus": milvus}
+
+
+@router.get("/readyz", summary="Readiness: Triton's face_pipeline is ready (Milvus is reported, not required)",
+            responses={503: {"description": "problem+json, code: backend_unavailable"}}, openapi_extra=NO_KEY)
+async def readyz(request: Request) -> dict:
+    state = await _backends(request)
+    if not state["triton"]:
+        raise ApiError("backend_unavailable", "not ready: triton unavailable",
+                       retry_after=services(request).settings.gateway_backend_retry_after_s, **state)
+    return {"status": "ready" if state["milvus"] else "degraded", **state}
+
+
+@router.get("/dependencies", summary="Every backend answers: Triton's face_pipeline and Milvus",
+            responses={503: {"description": "problem+json, code: backend_unavailable"}}, openapi_extra=NO_KEY)
+async def dependencies(request: Request) -> dict:
+    state = await _backends(request)
+    down = [name for name, ok in state.items() if not ok]
+    if down:
+        raise ApiError("backend_unavailable", f"unavailable: {', '.join(down)}",
+                       retry_after=services(request).settings.gateway_backend_retry_after_s, **state)
+    return {"status": "ok", **state}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response, openapi_extra=NO_KEY)

@@ -247,6 +247,7 @@ def test_code_backend_unavailable_triton_and_milvus(spawn, keys, img, problem) -
                             .headers["retry-after"]) > 0
         ready = problem(client.get("/readyz"), 503, "backend_unavailable")
         assert ready["triton"] is False and ready["milvus"] is True
+        assert problem(client.get("/dependencies"), 503, "backend_unavailable")["triton"] is False
         assert client.get("/healthz").status_code == 200  # alive, just not ready
     with spawn(milvus_uri=f"http://127.0.0.1:{free_port()}", gateway_milvus_timeout_s=1.0) as gateway, \
             gateway.client(keys["acme"]) as client:
@@ -255,8 +256,13 @@ def test_code_backend_unavailable_triton_and_milvus(spawn, keys, img, problem) -
         assert int(response.headers["retry-after"]) > 0
         problem(client.post("/v1/identify", files={"probe": img.photo("obama.jpg")}, data={"gallery": "g"}),
                 503, "backend_unavailable")
-        ready = problem(client.get("/readyz"), 503, "backend_unavailable")
-        assert ready["triton"] is True and ready["milvus"] is False
+        # still ready: verify and detect need only Triton, so a Milvus blip does not empty the Service
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"status": "degraded", "triton": True, "milvus": False}
+        assert client.post("/v1/verify", files={"probe": img.photo("obama.jpg"),
+                                                "reference": img.photo("obama2.jpg")}).status_code == 200
+        deps = problem(client.get("/dependencies"), 503, "backend_unavailable")
+        assert deps["triton"] is True and deps["milvus"] is False
 
 
 def test_triton_killed_then_restarted_503_then_recovers(spawn, keys, img, problem) -> None:

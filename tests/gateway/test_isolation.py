@@ -93,5 +93,5 @@ def test_scopes_allow_exactly_what_they_name(gw, keys, acme_gallery, img, uid) -
         assert enrol.get("/v1/galleries").status_code == 200
         assert enrol.post(f"/v1/galleries/{gallery}/subjects", json={"subject_id": subject}).status_code == 201
         assert enrol.delete(f"/v1/galleries/{gallery}/subjects/{subject}").status_code == 200
-        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        for path in ("/healthz", "/readyz", "/dependencies", "/metrics", "/openapi.json"):
             assert anonymous.get(path).status_code == 200  # operations endpoints need no key

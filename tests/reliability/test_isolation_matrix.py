@@ -52,6 +52,7 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("DELETE", S + "/{subject_id}/faces/{face_id}"): "enrol",
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
+    ("GET", "/dependencies"): None,
     ("GET", "/metrics"): None,
 }
 ALLOWS = {"verify": {"verify"}, "enrol": {"enrol"}, "admin": {"verify", "enrol", "admin"}}
