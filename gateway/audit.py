@@ -30,8 +30,8 @@ from gateway.errors import ApiError
 log = logging.getLogger("gateway")
 # Fields an event may carry; anything else is dropped, so a template can never slip in by accident.
 FIELDS = ("operation", "tenant", "key_id", "gallery", "subject", "face_ids", "similarity", "threshold",
-          "operating_point", "decision", "model", "faces", "templates_deleted", "subjects_deleted", "receipt_id",
-          "request_id", "outcome")
+          "operating_point", "fpir", "templates", "decision", "model", "faces", "templates_deleted",
+          "subjects_deleted", "receipt_id", "request_id", "outcome")
 GENESIS = "0" * 64
 
 

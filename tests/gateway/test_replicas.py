@@ -20,13 +20,14 @@ import httpx
 import pytest
 from pymilvus import MilvusClient
 
+from gateway.auth import new_key
 from gateway.process import GatewayProcess
 from gateway.store import SUBJECTS, template_collection
 
 from .conftest import SERVER_STALENESS_S, unique
 
 pytestmark = pytest.mark.triton
-KEY = "fs_replica-test-key"
+KEY = new_key()  # FACESTACK_API_KEY must be strong (gateway.auth.check_env_key)
 RACE_S = float(os.environ.get("FACESTACK_RACE_S", "60"))
 
 
