@@ -72,7 +72,7 @@ SUBJECTS = "facestack_subjects"
 TEMPLATE_PREFIX = "facestack_templates_"
 ID_BYTES = 512  # ids are up to 128 characters; VARCHAR lengths count UTF-8 bytes
 MAX_QUERY_WINDOW = 16384  # Milvus caps offset + limit of a query or search
-CREATE_ATTEMPTS = 4  # create gallery/subject: tries when another replica creates the same id at the same time
+CREATE_ATTEMPTS = 6  # create gallery/subject: tries when another replica creates the same id at the same time
 # HNSW: sub-linear search on a server to millions of templates (Lite scans whatever the index); docs/benchmarks.md
 INDEX_PARAMS = {"M": 16, "efConstruction": 200}
 # search ef: max(MIN_EF, hits asked for). SFace templates are nearly isotropic in 128 dimensions, which is hard
@@ -350,8 +350,10 @@ class Store:
             self._delete(c, collection, ids=[mine["pk"]])
             if parent_gone is not None:
                 raise parent_gone
-            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # both saw each other: back off, then re-check
-        raise conflict
+            # both saw each other: back off (exponential, full jitter, so the next tries rarely align), re-check
+            time.sleep(random.uniform(0, 0.4) * 2**attempt)
+        raise ApiError("backend_unavailable", "another request is creating the same id; retry",
+                       retry_after=1)  # not a conflict: neither copy was kept
 
     # ---- galleries -------------------------------------------------------------------------------
 
