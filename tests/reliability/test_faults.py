@@ -5,7 +5,8 @@
   queue; waiting never above it), no slot leaks, and service resumes when Triton does.
 - Killed Triton under load: every request in flight, and every new one, is a 503 `backend_unavailable`
   within 1 s; /readyz turns false within 1 s; when Triton is back the same gateway serves again by itself.
-- Killed Milvus: 503 at once for reads, writes and searches, /readyz false; when Milvus is back the gateway
+- Killed Milvus: 503 at once for reads, writes and searches, /dependencies false (/readyz stays ready,
+  "degraded": verify needs no Milvus); when Milvus is back the gateway
   reloads its collections by itself and every acknowledged enrolment is still there.
 """
 
@@ -188,8 +189,9 @@ def test_milvus_killed_503_then_reloads_by_itself(spawn, keys, img, tmp_path, pr
                 enrolled[subject] = r.json()["faces"][0]["face_id"]
             milvus.kill()
             killed = time.monotonic()
+            ready = client.get("/readyz")  # still ready: verify needs only Triton
             calls = {
-                "readyz": client.get("/readyz"),
+                "dependencies": client.get("/dependencies"),
                 "read": client.get("/v1/galleries/g"),
                 "write": client.post("/v1/galleries/g/subjects", json={"subject_id": "late"}),
                 "identify": client.post("/v1/identify", files={"probe": img.resized("obama2.jpg", 320)},
@@ -199,11 +201,12 @@ def test_milvus_killed_503_then_reloads_by_itself(spawn, keys, img, tmp_path, pr
             for response in calls.values():
                 problem(response, 503, "backend_unavailable")
                 assert int(response.headers["retry-after"]) > 0
-            assert calls["readyz"].json()["milvus"] is False and calls["readyz"].json()["triton"] is True
+            assert calls["dependencies"].json()["milvus"] is False and calls["dependencies"].json()["triton"] is True
+            assert ready.status_code == 200 and ready.json()["status"] == "degraded"
             assert elapsed < 4 * 1.0, elapsed  # four calls, each refused at once (nothing listens)
             milvus.start()  # same port and data: Milvus Lite's server comes back with collections released
             back = time.monotonic()
-            while client.get("/readyz").status_code != 200:
+            while client.get("/dependencies").status_code != 200:
                 assert time.monotonic() - back < 30, "gateway did not reload the collections"
                 time.sleep(0.1)
             recovered = time.monotonic() - back
