@@ -135,8 +135,8 @@ def identification(refs: Sequence[ImageRef], faces: Mapping[ImageRef, ImageFaces
     return result
 
 
-def _calibrate(folder: LfwFolder, faces: Mapping[ImageRef, ImageFaces], rule: str,
-               date: str) -> tuple[dict, openset.ImpostorTail]:
+def calibration(folder: LfwFolder, faces: Mapping[ImageRef, ImageFaces], rule: str, date: str) -> dict:
+    """Proposed operating points, 1:1 (FMR) and 1:N (FPIR by gallery size); written only with --calibrate."""
     if folder.dev_train is not None:
         refs, name = folder.dev_train.images(), "LFW View 1 DevTrain"
         heldout_refs = folder.dev_test.images() if folder.dev_test is not None else None
@@ -156,12 +156,7 @@ def _calibrate(folder: LfwFolder, faces: Mapping[ImageRef, ImageFaces], rule: st
     tail = openset.ImpostorTail.fit(impostor)
     return {"operating_points": points, "fmr_ladder": openset.fmr_ladder(tail),
             "identify_operating_points": openset.identify_points(), "impostor_tail": tail.describe(),
-            "tail_check": tail.check()}, tail
-
-
-def calibration(folder: LfwFolder, faces: Mapping[ImageRef, ImageFaces], rule: str, date: str) -> dict:
-    """Proposed operating points, 1:1 (FMR) and 1:N (FPIR by gallery size); written only with --calibrate."""
-    return _calibrate(folder, faces, rule, date)[0]
+            "tail_check": tail.check()}
 
 
 def evaluate(folder: LfwFolder, faces: Mapping[ImageRef, ImageFaces], rule: str = "centre",
@@ -187,7 +182,7 @@ def evaluate(folder: LfwFolder, faces: Mapping[ImageRef, ImageFaces], rule: str 
                                         "fte_pairs": _fte_counts(labels, failed),
                                         **metrics.verification_summary(scores, labels, FARS)}
     out["identification"] = identification(refs, faces, rule, holdout_share)
-    out["calibration"], _ = _calibrate(folder, faces, rule, date)
+    out["calibration"] = calibration(folder, faces, rule, date)
     ladder = out["calibration"]["fmr_ladder"]
     out["open_set"] = open_set(folder, faces, rule, out["calibration"])
     default = out["calibration"]["operating_points"].get(calibrate.DEFAULT_OPERATING_POINT)
