@@ -24,8 +24,9 @@ class StackError(RuntimeError):
 class LocalStack:
     """`with LocalStack() as stack:` -> stack.url, stack.api_key. Pass triton_url to reuse a running Triton."""
 
-    def __init__(self, triton_url: str | None = None, *, ready_timeout_s: float = 240.0) -> None:
+    def __init__(self, triton_url: str | None = None, *, ready_timeout_s: float = 240.0, **settings: object) -> None:
         self.triton_url = triton_url
+        self.settings = settings  # gateway settings fields, e.g. gateway_rate_limit_rps=0
         self.ready_timeout_s = ready_timeout_s
         self.api_key = "fs_" + secrets.token_urlsafe(32)
         self.port = free_port()
@@ -38,7 +39,8 @@ class LocalStack:
         if self.triton_url is None:
             self._triton = TritonServer().start()
             self.triton_url = self._triton.grpc_url
-        self._gateway = GatewayProcess(self.data_dir, self.triton_url, api_key=self.api_key, port=self.port)
+        self._gateway = GatewayProcess(self.data_dir, self.triton_url, api_key=self.api_key, port=self.port,
+                                       **self.settings)
         try:
             self._gateway.start(self.ready_timeout_s, ready=True)
         except GatewayProcessError as exc:

@@ -1,13 +1,14 @@
-"""Record a local Triton's /metrics through idle -> overload -> idle, for the chart's autoscaling test.
+"""Record a local Triton's and gateway's /metrics through idle -> overload -> idle, for the autoscaling test.
 
-    .venv/bin/python helm/tools/record_triton_metrics.py --rps 21 --load 75 --idle 30 --tail 90 \\
+    .venv/bin/python helm/tools/record_triton_metrics.py --rps 105 --capacity 35 --load 75 --idle 30 --tail 90 \\
         --out tests/helm/data/triton-overload.json
 
-Starts the real tritonserver (facestack.triton.launcher) and scrapes its /metrics every `--interval` seconds
-while `python -m loadtest.run` (a private gateway in front of that Triton) pushes `--rps` verify requests a
-second for `--load` seconds, with `--idle` seconds before and `--tail` seconds after. Keeps the nv_inference_*
-counters and gauges per model (the summaries' quantiles are left out) and the load average at each scrape.
-tests/helm/test_autoscaling_recording.py feeds the recording to the chart's own KEDA / adapter query.
+Starts the real tritonserver (facestack.triton.launcher) and a gateway process in front of it (the load test's
+private stack), scrapes both /metrics every `--interval` seconds while `python -m loadtest.run` pushes `--rps`
+verify requests a second for `--load` seconds, with `--idle` seconds before and `--tail` seconds after. Keeps
+Triton's nv_inference_* counters and gauges per model (the summaries' quantiles are left out), the gateway's
+Triton bulkhead gauges and shed counter, and the load average at each scrape.
+tests/helm/test_autoscaling_recording.py feeds the recording to the chart's own KEDA / adapter queries.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from facestack.triton.launcher import TritonServer  # noqa: E402
+from loadtest.stack import LocalStack  # noqa: E402
 
 KEEP = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
         "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
         "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-        "nv_inference_compute_output_duration_us", "nv_inference_pending_request_count")
+        "nv_inference_compute_output_duration_us", "nv_inference_pending_request_count",
+        # the gateway's side of the face_pipeline calls: where the backlog waits once Triton is saturated
+        "facestack_triton_waiting", "facestack_triton_inflight", "facestack_rejected")
 
 
 def scrape(url: str) -> list[list]:
@@ -65,25 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     scrapes: list[dict] = []
     marks: dict[str, float] = {}
     stop = threading.Event()
-    with TritonServer() as triton:
+    # No per-key rate limit: the load test's one key would otherwise be shed before Triton's bulkhead is.
+    with TritonServer() as triton, LocalStack(triton.grpc_url, gateway_rate_limit_rps=0) as gateway:
         t0 = time.monotonic()
 
         def scraper() -> None:
             while not stop.is_set():
                 at = time.monotonic() - t0
                 scrapes.append({"t": round(at, 2), "load_average": os.getloadavg()[0],
-                                "samples": scrape(triton.metrics_url)})
+                                "samples": scrape(triton.metrics_url),
+                                "gateway_samples": scrape(f"{gateway.url}/metrics")})
                 stop.wait(max(0.0, args.interval - (time.monotonic() - t0 - at)))
 
         thread = threading.Thread(target=scraper, daemon=True)
         thread.start()
         time.sleep(args.idle)
         with tempfile.TemporaryDirectory() as results:
-            cmd = [sys.executable, "-m", "loadtest.run", "--stack", "private", "--triton-url", triton.grpc_url,
-                   "--duration", f"{args.load:g}s", "--users", str(args.users), "--rps", f"{args.rps:g}",
-                   "--mix", "verify_image=1", "--subjects", "0", "--bad-fraction", "0", "--p99-ms", "1e9",
-                   "--max-error-rate", "100", "--results", results]
-            # The private gateway starts first (seconds); the load starts when Locust does: read its summary.
+            cmd = [sys.executable, "-m", "loadtest.run", "--url", gateway.url, "--api-key", gateway.api_key,
+                   "--stack", "none", "--duration", f"{args.load:g}s", "--users", str(args.users),
+                   "--rps", f"{args.rps:g}", "--mix", "verify_image=1", "--subjects", "0", "--bad-fraction", "0",
+                   "--p99-ms", "1e9", "--max-error-rate", "100", "--results", results]
             marks["load_command_started"] = round(time.monotonic() - t0, 2)
             code = subprocess.run(cmd, cwd=REPO, check=False).returncode
             marks["load_command_ended"] = round(time.monotonic() - t0, 2)

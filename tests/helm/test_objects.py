@@ -408,8 +408,16 @@ def test_triton_hpa_metric_matches_adapter_rules_and_triton(helm, k8s, values_se
         assert triton_hpa is None and len(scaled) == 1  # KEDA makes its own HPA
         return
     assert not scaled
-    (metric,) = triton_hpa["spec"]["metrics"]
+    metric, backlog = triton_hpa["spec"]["metrics"]
     config = _adapter_config(objects, k8s)
+    # The second metric: calls the gateways that call this Triton hold back for it (grows past saturation).
+    assert backlog["type"] == "External" and backlog["external"]["target"]["type"] == "AverageValue"
+    (callers,) = backlog["external"]["metric"]["selector"]["matchExpressions"]
+    assert callers["key"] == "service" and callers["operator"] == "In"
+    services = {s["metadata"]["name"] for s in k8s.by_kind(objects, "Service")}
+    assert set(callers["values"]) <= services and f"{R}-gateway" in callers["values"]
+    (backlog_rule,) = [r for r in config["externalRules"] if r["name"]["as"] == backlog["external"]["metric"]["name"]]
+    _check_rule(backlog_rule, "facestack_triton_backlog_calls", k8s.GATEWAY_METRICS)
     if values_set == "external-metric":
         assert metric["type"] == "External"
         assert metric["external"]["metric"]["selector"]["matchLabels"] == {"service": f"{R}-triton"}
@@ -449,7 +457,10 @@ def test_keda_scaled_object(helm, k8s):
     assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{R}-triton"}
     assert "replicas" not in k8s.named(objects, "Deployment", f"{R}-triton")["spec"]
     assert so["spec"]["minReplicaCount"] == 2 and so["spec"]["maxReplicaCount"] == 12
-    (trigger,) = so["spec"]["triggers"]
+    trigger, backlog = so["spec"]["triggers"]
+    assert backlog["type"] == "prometheus" and backlog["metricType"] == "AverageValue"
+    assert _metric_names(backlog["metadata"]["query"]) <= k8s.GATEWAY_METRICS
+    assert f'service=~"{R}-gateway"' in backlog["metadata"]["query"]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "Value"
     assert trigger["authenticationRef"] == {"name": "prometheus-auth"}
     meta = trigger["metadata"]

@@ -168,6 +168,17 @@ CASES = [
             alert("FacestackTritonQueueTimeHigh", "15m", warning(service=TR), value="400ms"),
         ],
     },
+    {   # Triton saturated: the gateways' bulkheads hold 30 then 40 calls (over 16) for 20 minutes; a canary
+        # gateway with 3 waiting stays quiet. Fires only after its 10 minutes, with the 5m average.
+        "name": "gateway backlog high",
+        "interval": "1m",
+        "input_series": [series("facestack_triton_waiting", "30x10 40x10", service=GW, pod="g1"),
+                         series("facestack_triton_waiting", "3x20", service=GW_CANARY, pod="c1")],
+        "alert_rule_test": [
+            alert("FacestackTritonBacklogHigh", "5m", firing=False),
+            alert("FacestackTritonBacklogHigh", "19m", warning(service=GW), value="40"),
+        ],
+    },
     {   # 10 % of /v1 requests fail for 75 minutes: both burn-rate alerts and the 5xx alert fire.
         "name": "error budget burn",
         "interval": "1m",
@@ -253,7 +264,7 @@ CASES = [
 def _expand(template: str, labels: dict, value: str) -> str:
     """Expand the few template forms the rules use, as Prometheus would for these cases."""
     out = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], template)
-    return re.sub(r"\{\{ \$value( \| humanize\w+)? \}\}", value, out)
+    return re.sub(r"\{\{ \$value( \| humanize\w*)? \}\}", value, out)
 
 
 def _rounded(t: dict) -> dict:

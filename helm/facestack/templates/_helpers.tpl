@@ -191,6 +191,24 @@ Triton at 0 instead of NaN (0/0), so the HPA can scale down to minReplicas.
 max by ({{ .by }}) (sum by ({{ .by }}, model) (rate(nv_inference_queue_duration_us{ {{- $sel -}} }[{{ .window }}])) / clamp_min(sum by ({{ .by }}, model) (rate(nv_inference_request_success{ {{- $sel -}} }[{{ .window }}])), 0.001)) / 1e6
 {{- end -}}
 
+{{/* Calls the gateways hold back for a Triton Service (waiting for a bulkhead slot), averaged over the window:
+     dict matchers (selecting the calling gateways' series), window. */}}
+{{- define "facestack.triton.backlogQuery" -}}
+sum(avg_over_time(facestack_triton_waiting{ {{- .matchers -}} }[{{ .window }}]))
+{{- end -}}
+
+{{/* The gateway Services whose calls go to a Triton track (dict root, track), as a JSON list: the canary gateway
+     calls the canary Triton when it runs, else the stable one. */}}
+{{- define "facestack.triton.callers" -}}
+{{- $gw := include "facestack.componentName" (dict "root" .root "component" "gateway" "track" "stable") -}}
+{{- $canary := include "facestack.componentName" (dict "root" .root "component" "gateway" "track" "canary") -}}
+{{- if eq .track "canary" -}}{{ list $canary | toJson }}
+{{- else if and .root.Values.canary.enabled (not .root.Values.canary.triton.enabled) -}}{{ list $gw $canary | toJson }}
+{{- else -}}{{ list $gw | toJson }}
+{{- end -}}
+{{- end -}}
+
 {{/* Names of the custom / external metrics that the prometheus-adapter rules serve. */}}
 {{- define "facestack.metric.tritonQueue" -}}facestack_triton_queue_seconds{{- end -}}
+{{- define "facestack.metric.tritonBacklog" -}}facestack_triton_backlog_calls{{- end -}}
 {{- define "facestack.metric.gatewayRps" -}}facestack_http_requests_per_second{{- end -}}
