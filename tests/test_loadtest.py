@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import gates
+from loadtest import gates, soak
 from loadtest.arrivals import next_wait, schedule
 from loadtest.capacity import judge, step_seconds, users_for
 from loadtest.headless import parse_duration
 from loadtest.mix import DEFAULT_MIX, ENDPOINTS, parse_mix
 from loadtest.shapes import SHAPES, spike, steady, step
-from loadtest.stack import LocalStack
+from localstack.stack import LocalStack
 
 HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
           "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"
@@ -193,6 +193,16 @@ def test_capacity_step_needs_slos_and_throughput():
     assert not judge(run_stats(stat("/v1/identify", 300, p99=800)), "identify", 10, 30, 500, 0.1, 0.9)[0]
     assert users_for(10, 500) == 10 and users_for(0.5, 500) == 2 and users_for(10, 1000) == 20
     assert step_seconds(1, 30, 100) == 100 and step_seconds(5, 30, 100) == 30 and step_seconds(3, 30, 100) == 34
+
+
+def test_soak_counts_tasks_by_their_primary_request():
+    """The soak's capacity probe: an enrolment task is three requests (create, enrol, erase) but one task;
+    failed requests are not tasks done, and every failure is counted."""
+    stats = run_stats(stat("/v1/verify (image)", 60, failures=2), stat("/v1/identify", 40),
+                      stat("/v1/galleries/{g}/subjects", 10, method="POST"), stat(".../subjects/{s}/faces", 10),
+                      stat(".../subjects/{s}", 10, failures=1, method="DELETE"))
+    rate, tasks, failures = soak.tasks_per_s(stats, 10.0)
+    assert (tasks, failures) == (58 + 40 + 10, 3) and rate == pytest.approx(10.8)
 
 
 # ---- short real runs against the local stack -----------------------------------------------------
