@@ -103,7 +103,7 @@ def test_gateway_image_carries_the_helm_test_photos():
         "facestack_helm_test_check", REPO / "helm" / "facestack" / "files" / "scripts" / "helm_test_check.py")
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
-    fetched = re.search(r"from export\.artifacts import photo; \[photo\(n\) for n in \(([^)]*)\)\]", text)
+    fetched = re.search(r"from facestack\.artifacts import photo; \[photo\(n\) for n in \(([^)]*)\)\]", text)
     assert fetched, "the photos are fetched with facestack.artifacts.photo at build time"
     names = set(re.findall(r"'([^']+)'", fetched.group(1)))
     assert names == set(check.PHOTOS.values()) == {"obama.jpg", "obama2.jpg"}
