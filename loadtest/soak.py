@@ -2,13 +2,14 @@
 time, watched for leaks.
 
     .venv/bin/python -m loadtest.soak                 # 5 minutes (plus ~1-2 minutes of setup)
-    .venv/bin/python -m loadtest.soak --minutes 20 --fraction 0.7 --users 4
+    .venv/bin/python -m loadtest.soak --minutes 20 --fraction 0.7 --users 20
 
 A mode of the load test, built from its parts: a private local stack (localstack.stack: Triton on CPU and the
 gateway process on free 127.0.0.1 ports, a fresh data directory, a generated key), the gallery seeded as
-`make loadtest` seeds it (loadtest.seed), the capacity measured by a short closed-loop Locust run of the mix
-(loadtest/locustfile.py without think time), then Locust at `fraction` of that capacity (constant throughput,
-Poisson arrivals), sampling every few seconds: the gateway's RSS, open files and threads, Triton's process tree
+`make loadtest` seeds it (loadtest.seed), the mix's capacity measured by a short closed-loop Locust run
+(loadtest/locustfile.py without think time; see mix_capacity), then the same users at `fraction` of that
+capacity (constant throughput, Poisson arrivals; users in proportion to the mix's weights, so the endpoints'
+rates are the mix), sampling every few seconds: the gateway's RSS, open files and threads, Triton's process tree
 (count, RSS) and open files. Gates: no failed request; gateway RSS growth under 10 % from the end of the warm-up
 to the end of the run; open files back to their pre-load count; the same Triton processes at the end; the
 gateway spawned no process; and after shutdown no process of the stack left and its ports free. Writes
@@ -45,26 +46,36 @@ from localstack.stack import LocalStack, StackError
 PASS, GATE_FAILED, RUN_FAILED = 0, 1, 2
 
 
-def tasks_per_s(stats: list[gates.EndpointStats], seconds: float) -> tuple[float, int, int]:
-    """(completed tasks/s, tasks, failed requests) of a run: a task is counted by its primary request
-    (an enrolment task is create + enrol + erase: its enrol counts it)."""
-    primary = set(PRIMARY.values())
-    done = sum(s.requests - s.failures for s in stats if s.name in primary)
-    total = gates.aggregate(stats)
-    return done / seconds, done, total.failures if total else 0
+def mix_capacity(stats: list[gates.EndpointStats], mix: dict[str, int], users: int,
+                 seconds: float) -> tuple[float, dict[str, float]]:
+    """(tasks/s the stack sustains for the mix, completed tasks/s per endpoint) from a closed-loop run in which
+    `users` were spread over the endpoints in proportion to their weights (Locust does so exactly when users is
+    a multiple of the weights' sum). Each endpoint's mean task time under that contention is its users over its
+    completed tasks per second (Little's law); weighted by the mix it is the mix's mean task time, and `users`
+    running the mix back to back complete users / that many tasks per second. A task is counted by its primary
+    request (an enrolment task is create + enrol + erase: its enrol counts it)."""
+    total = sum(mix.values())
+    rates = {endpoint: sum(s.requests - s.failures for s in stats if s.name == PRIMARY[endpoint]) / seconds
+             for endpoint in mix}
+    if idle := [endpoint for endpoint, rate in rates.items() if rate <= 0]:
+        raise RuntimeError(f"capacity probe: no {', '.join(idle)} task completed")
+    mean_task_s = sum(weight / total * (users * weight / total) / rates[endpoint] for endpoint, weight in mix.items())
+    return users / mean_task_s, rates
 
 
 def probe_capacity(stack: LocalStack, args: argparse.Namespace, out: Path) -> dict:
-    """Closed loop: `probe_workers` users without think time for `probe_seconds`, the mix in proportion."""
+    """Closed loop: the soak's users without think time for `probe_seconds`, spread over the mix's endpoints."""
     run = LocustRun(url=stack.url, api_key=stack.api_key, out_dir=out / "probe", duration_s=args.probe_seconds,
-                    users=args.probe_workers, mix=args.mix, gallery=args.gallery, bad_fraction=0.0, ramp_s=1.0,
+                    users=args.users, mix=args.mix, gallery=args.gallery, bad_fraction=0.0, ramp_s=1.0,
                     extra_args=["--think-time", "0,0"])
     code = run.run()
     if code != 0 or not run.stats_csv.exists():
         raise RuntimeError(f"capacity probe: locust exited with {code}: {run.log_tail()}")
-    rate, tasks, errors = tasks_per_s(gates.read_stats(run.stats_csv), args.probe_seconds)
-    return {"tasks_per_s": rate, "tasks": tasks, "errors": errors, "seconds": args.probe_seconds,
-            "workers": args.probe_workers}
+    stats = gates.read_stats(run.stats_csv)
+    rate, by_endpoint = mix_capacity(stats, parse_mix(args.mix), args.users, args.probe_seconds)
+    total = gates.aggregate(stats)
+    return {"tasks_per_s": rate, "tasks_per_s_by_endpoint": by_endpoint, "errors": total.failures if total else 0,
+            "seconds": args.probe_seconds, "users": args.users}
 
 
 class Sampler(threading.Thread):
@@ -95,7 +106,7 @@ def watch(stack: LocalStack, args: argparse.Namespace, out: Path, result: dict, 
     gateway, triton_pid = stack.gateway, stack.triton_pid
     seeded = seed(stack.url, stack.api_key, args.subjects, args.gallery)  # the users need its subjects
     print(f"==> gallery {seeded.gallery!r}: {seeded.subjects} subjects, {seeded.templates} templates", flush=True)
-    print(f"==> capacity probe ({args.probe_seconds:g} s, {args.probe_workers} users without think time)", flush=True)
+    print(f"==> capacity probe ({args.probe_seconds:g} s, {args.users} users without think time)", flush=True)
     probe = probe_capacity(stack, args, out)
     rate = probe["tasks_per_s"] * args.fraction
     result["capacity"] = probe
@@ -153,12 +164,12 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=5.0, help="Locust run time")
     p.add_argument("--fraction", type=float, default=0.7, help="share of the measured capacity")
-    p.add_argument("--users", type=int, default=4, help="Locust users (the rate is split among them)")
+    p.add_argument("--users", type=int, help="Locust users, a multiple of the mix's weights' sum (default: that "
+                   "sum, one user per unit of weight); the probe runs them without think time, the soak at the rate")
     p.add_argument("--mix", default=DEFAULT_MIX, help="endpoint weights (loadtest.mix)")
     p.add_argument("--subjects", type=int, default=100, help="seed the gallery to N subjects (at least 2)")
     p.add_argument("--gallery", default="loadtest")
     p.add_argument("--probe-seconds", type=float, default=30.0, help="closed-loop capacity probe")
-    p.add_argument("--probe-workers", type=int, default=8)
     p.add_argument("--warmup-fraction", type=float, default=0.2, help="RSS baseline taken after this share")
     p.add_argument("--sample-every", type=float, default=5.0)
     p.add_argument("--max-rss-growth", type=float, default=0.10)
@@ -169,7 +180,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        parse_mix(args.mix)
+        weights = sum(parse_mix(args.mix).values())
+        args.users = args.users or weights
+        if args.users % weights:  # else Locust's split over the endpoints is not the mix
+            raise ValueError(f"--users must be a multiple of {weights}, the sum of the mix's weights")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return RUN_FAILED

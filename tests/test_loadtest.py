@@ -195,14 +195,18 @@ def test_capacity_step_needs_slos_and_throughput():
     assert step_seconds(1, 30, 100) == 100 and step_seconds(5, 30, 100) == 30 and step_seconds(3, 30, 100) == 34
 
 
-def test_soak_counts_tasks_by_their_primary_request():
-    """The soak's capacity probe: an enrolment task is three requests (create, enrol, erase) but one task;
-    failed requests are not tasks done, and every failure is counted."""
-    stats = run_stats(stat("/v1/verify (image)", 60, failures=2), stat("/v1/identify", 40),
-                      stat("/v1/galleries/{g}/subjects", 10, method="POST"), stat(".../subjects/{s}/faces", 10),
-                      stat(".../subjects/{s}", 10, failures=1, method="DELETE"))
-    rate, tasks, failures = soak.tasks_per_s(stats, 10.0)
-    assert (tasks, failures) == (58 + 40 + 10, 3) and rate == pytest.approx(10.8)
+def test_soak_capacity_of_the_mix_from_a_closed_loop():
+    """4 users, 3 on verify (0.1 s a task: 30/s) and 1 on enrolment (0.5 s: 2/s, its enrol request counting the
+    task): a user running the mix 3:1 back to back does 4 tasks in 0.8 s, so 4 users 20 tasks/s. Failed
+    requests are not tasks done; an endpoint that completed nothing is an error, not an infinite capacity."""
+    stats = run_stats(stat("/v1/verify (image)", 302, failures=2), stat("/v1/galleries/{g}/subjects", 21),
+                      stat(".../subjects/{s}/faces", 21, failures=1), stat(".../subjects/{s}", 20, method="DELETE"))
+    rate, by_endpoint = soak.mix_capacity(stats, {"verify_image": 3, "enrol": 1}, 4, 10.0)
+    assert by_endpoint == {"verify_image": 30.0, "enrol": 2.0} and rate == pytest.approx(20.0)
+    # the same completions from twice the users: each task took twice as long, the same capacity
+    assert soak.mix_capacity(stats, {"verify_image": 3, "enrol": 1}, 8, 10.0)[0] == pytest.approx(20.0)
+    with pytest.raises(RuntimeError, match="no identify task completed"):
+        soak.mix_capacity(stats, {"verify_image": 3, "identify": 1}, 4, 10.0)
 
 
 # ---- short real runs against the local stack -----------------------------------------------------
