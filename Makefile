@@ -23,7 +23,7 @@ models: $(STAMP)
 
 # MILVUS=server: a real Milvus 2.3.5 server (from the milvus wheel) instead of the Milvus Lite file
 run: models
-	@$(PY) -m gateway.local $(if $(filter server,$(MILVUS)),--milvus-server)
+	@$(PY) -m localstack.run $(if $(filter server,$(MILVUS)),--milvus-server)
 
 test: models
 	@$(PY) -m ruff check .
@@ -49,10 +49,10 @@ peer: $(PEER_STAMP)
 LFW ?= ../shared/datasets/lfw-view1
 BENCH_ARGS ?=
 bench: models peer
-	@$(PY) -m facestack.bench --lfw '$(LFW)' $(BENCH_ARGS)
+	@$(PY) -m benchmarks.pipeline --lfw '$(LFW)' $(BENCH_ARGS)
 
 bench-gateway: models
-	@$(PY) -m gateway.bench
+	@$(PY) -m benchmarks.gateway
 
 # LFW-layout accuracy through the real pipeline, with threshold calibration (docs/accuracy.md).
 eval: models
@@ -73,11 +73,11 @@ loadtest: models
 		--shape $(SHAPE) --p99-ms $(P99_MS) --max-error-rate $(MAX_ERROR_RATE) $(LOADTEST_ARGS)
 
 soak: models  ## minutes under Locust at ~70 % of capacity: errors, RSS growth, leaks (docs/reliability.md)
-	@$(PY) -m tests.reliability.soak $(SOAK_ARGS)
+	@$(PY) -m loadtest.soak $(SOAK_ARGS)
 
 # identify at 100k and 1M templates on the real Milvus server (docs/benchmarks.md; the 1M fill takes a while)
 bench-milvus: models
-	@$(PY) -m gateway.bench_milvus $(BENCH_MILVUS_ARGS)
+	@$(PY) -m benchmarks.milvus $(BENCH_MILVUS_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .data .pytest_cache

@@ -9,13 +9,14 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# The source lives at /opt/facestack and is installed in editable mode, so files the code finds relative to
-# the repository root (export/thresholds.json: the operating points the gateway falls back on without a
-# model repository) resolve. One pyproject.toml pins every dependency (numpy 1.26.4, ...).
+# The source lives at /opt/facestack and is installed in editable mode, so paths the code finds relative to
+# the repository root (the .cache of the photos below) resolve. The gateway needs two packages only: gateway/
+# and facestack/ (settings, the pipeline contract, and facestack/thresholds.json as package data: the
+# operating points the gateway falls back on without a model repository). One pyproject.toml pins every
+# dependency (numpy 1.26.4, ...).
 WORKDIR /opt/facestack
 COPY pyproject.toml ./
 COPY facestack/ facestack/
-COPY export/ export/
 COPY gateway/ gateway/
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-compile -e . \
@@ -23,9 +24,9 @@ RUN python -m venv /opt/venv \
 # The two registry photos the `helm test` pod sends to POST /v1/verify (two photos of one person), fetched with
 # the project's pinned, sha256-checked fetcher from PyPI face-recognition==1.3.0 (sdist: pip needs its build
 # isolation, i.e. network, here). Photos are never committed to the repository. Only the extracted files stay
-# in the image (read-only at run time: export.artifacts.photo() just re-checks their sha256); the archive goes.
+# in the image (read-only at run time: facestack.artifacts.photo() just re-checks their sha256); the archive goes.
 ENV FACESTACK_CACHE_DIR=/opt/facestack/.cache
-RUN /opt/venv/bin/python -c "from export.artifacts import photo; [photo(n) for n in ('obama.jpg', 'obama2.jpg')]" \
+RUN /opt/venv/bin/python -c "from facestack.artifacts import photo; [photo(n) for n in ('obama.jpg', 'obama2.jpg')]" \
  && rm -rf /opt/facestack/.cache/downloads
 
 FROM ${PYTHON_IMAGE}

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export import artifacts
-from export.artifacts import Artifact, sha256_file
-
-THRESHOLDS_FILE = Path(__file__).with_name("thresholds.json")
+from export import weights
+from facestack import artifacts
+from facestack.artifacts import Artifact, sha256_file
+from facestack.settings import THRESHOLDS_FILE
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,9 @@ class ModelExport:
 
 
 MODELS = (
-    ModelExport("face_detector", "yunet-2023mar", artifacts.YUNET, "yunet"),
-    ModelExport("face_embedder", "sface-2021dec", artifacts.SFACE_INT8BQ, "sface"),
-    ModelExport("face_embedder_dlib", "dlib-resnet-v1", artifacts.DLIB_RESNET, "dlib_resnet"),
+    ModelExport("face_detector", "yunet-2023mar", weights.YUNET, "yunet"),
+    ModelExport("face_embedder", "sface-2021dec", weights.SFACE_INT8BQ, "sface"),
+    ModelExport("face_embedder_dlib", "dlib-resnet-v1", weights.DLIB_RESNET, "dlib_resnet"),
 )
 
 
@@ -61,12 +61,12 @@ def is_current(repository: Path, spec: ModelExport) -> bool:
 
 
 def thresholds(model: str) -> dict:
-    """Calibrated operating points (committed in export/thresholds.json, written by the accuracy work)."""
+    """Calibrated operating points (committed in facestack/thresholds.json, written by the accuracy work)."""
     return json.loads(THRESHOLDS_FILE.read_text()).get(model, {})
 
 
 def calibration_fields(model: str) -> dict:
-    """The manifest's share of export/thresholds.json: 1:1 (FMR) and 1:N (FPIR by gallery size) operating points."""
+    """The manifest's share of facestack/thresholds.json: 1:1 (FMR) and 1:N (FPIR by gallery size) operating points."""
     calibrated = thresholds(model)
     fields = {"thresholds": calibrated.get("operating_points", {}),
               "default_operating_point": calibrated.get("default_operating_point")}
@@ -78,7 +78,7 @@ def calibration_fields(model: str) -> dict:
 
 
 def refresh_calibration(repository: Path, spec: ModelExport) -> bool:
-    """Bring a current export's manifest up to date with export/thresholds.json (no re-export); True if changed."""
+    """Bring a current export's manifest up to date with facestack/thresholds.json (no re-export); True if changed."""
     path = version_dir(repository, spec.model) / "manifest.json"
     manifest = json.loads(path.read_text())
     fields = calibration_fields(spec.model)

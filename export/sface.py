@@ -9,7 +9,7 @@ Folded naively, the network is slow in onnxruntime for its ~1 GFLOP: over a thir
 per-channel PRelus, and initializers doubling as graph inputs block the Conv+BN fusion. `optimise` rewrites
 the graph at export (1.6-1.9x faster under onnxruntime's default optimisation) with standard ONNX ops only,
 so the file still loads in OpenCV, onnxruntime's CPU/CUDA providers and TensorRT. The causes and numbers
-are in docs/sface-optimisation.md; `python -m export.bench_sface` reproduces them.
+are in docs/sface-optimisation.md; `python -m benchmarks.sface` reproduces them.
 """
 
 from __future__ import annotations

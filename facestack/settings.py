@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     gateway_idempotency_ttl_s: int = 86400  # how long an Idempotency-Key's answer is kept and replayed
 
 
+# The embedders' calibrated operating points (written by `python -m facestack.accuracy --calibrate`): package
+# data of facestack, so the gateway finds them without export/ or a model repository.
+THRESHOLDS_FILE = Path(__file__).with_name("thresholds.json")
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()

@@ -1,6 +1,6 @@
 """The FastAPI application: `python -m uvicorn gateway.app:app` (port 8000, settings from the environment).
 
-`create_app(settings)` builds one with explicit settings (tests, `gateway.local`, the benchmark).
+`create_app(settings)` builds one with explicit settings (tests, `localstack.run`, the benchmark).
 Connections open in the lifespan, so importing this module touches nothing. Graceful shutdown: uvicorn
 stops accepting, lets in-flight requests finish, then the lifespan closes Triton's channel and Milvus
 (Milvus Lite syncs its files at close).

@@ -6,7 +6,7 @@ The manifest (`model_repository/<model>/<version>/manifest.json`, written by `py
 `default_identify_operating_point`). A search over N templates, identify's or verify's against a subject with
 N templates, is a best-of-N: its threshold is the ladder's at the per-comparison FMR that keeps the stated rate
 for N comparisons (FPIR(N, t) = 1 - (1 - FMR(t))^N, facestack.accuracy.openset). Where the gateway runs
-without the model repository (its own container), `export/thresholds.json` (the committed source the
+without the model repository (its own container), `facestack/thresholds.json` (the committed source the
 manifests are built from) stands in.
 """
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facestack.accuracy import openset
+from facestack.settings import THRESHOLDS_FILE
 from gateway.errors import ApiError
 
 log = logging.getLogger("gateway")
@@ -78,7 +79,7 @@ def _fmr(name: str, entry: dict) -> float | None:
 class OperatingPoints:
     def __init__(self, repository: Path, fallback: Path | None = None) -> None:
         self.repository = repository
-        self.fallback = fallback or Path(__file__).resolve().parent.parent / "export" / "thresholds.json"
+        self.fallback = fallback or THRESHOLDS_FILE
         self._cache: dict[str, ModelPoints] = {}
 
     def _load(self, model: str, version: str) -> ModelPoints:
@@ -106,7 +107,7 @@ class OperatingPoints:
             log.info("operating points of %s:%s (partly) from %s", model, version, self.fallback)
         if not points or default not in points:
             raise ApiError("backend_unavailable", f"no operating point is configured for {model}:{version} "
-                           "(manifest.json or export/thresholds.json)", retry_after=60)
+                           "(manifest.json or facestack/thresholds.json)", retry_after=60)
         # An override may not be looser than the loosest calibrated operating point: below it the
         # false-match rate was never measured.
         calibrated = [float(p["threshold"]) for p in points.values() if "impostor_pairs" in p]

@@ -31,8 +31,8 @@ from loadtest import gates
 from loadtest.headless import LocustRun, parse_duration
 from loadtest.mix import ENDPOINTS
 from loadtest.seed import SeedError, seed
-from loadtest.stack import StackError
 from loadtest.target import LOCAL_URL, Target, TargetError, resolve
+from localstack.stack import StackError
 
 # The request that counts one task of each endpoint (an enrolment task is create + enrol + erase).
 PRIMARY = {"verify_image": "/v1/verify (image)", "verify_subject": "/v1/verify (subject)",

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from urllib3.filepost import encode_multipart_formdata
 
-from export.artifacts import photo_bytes
+from facestack.artifacts import photo_bytes
 
 WIDTHS = (None, 640, 400)  # None = the photo as published (626-1434 px wide, 180-600 KB)
 GENUINE = ("obama2.jpg", "obama3.jpg")  # probes of the subject enrolled from REFERENCE

@@ -29,8 +29,8 @@ from loadtest.headless import LocustRun, parse_duration
 from loadtest.mix import DEFAULT_MIX, ENDPOINTS, parse_mix
 from loadtest.seed import SeedError, cleanup, seed
 from loadtest.shapes import SHAPES
-from loadtest.stack import StackError
 from loadtest.target import LOCAL_URL, TargetError, resolve
+from localstack.stack import StackError
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "loadtest"
 PASS, SLO_FAILED, RUN_FAILED = 0, 1, 2

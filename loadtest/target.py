@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from facestack.settings import REPO_ROOT
-from loadtest.stack import LocalStack
+from localstack.stack import LocalStack
 
 LOCAL_URL = "http://127.0.0.1:8000"  # `make run`'s default
 

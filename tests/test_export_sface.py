@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from export import sface
-from export.artifacts import SFACE_INT8BQ, YUNET, fetch, photo
+from export.weights import SFACE_INT8BQ, YUNET
+from facestack.artifacts import fetch, photo
 from facestack.pipeline.alignment import similarity_transform
 
 PORTRAITS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")

@@ -10,7 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export import artifacts, yunet
+from export import weights, yunet
+from facestack import artifacts
 from facestack.pipeline import detection
 from facestack.pipeline.image import letterbox, to_nchw
 
@@ -18,7 +19,7 @@ from facestack.pipeline.image import letterbox, to_nchw
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("yunet") / "model.onnx"
-    yunet.export_onnx(artifacts.fetch(artifacts.YUNET), out)
+    yunet.export_onnx(artifacts.fetch(weights.YUNET), out)
     return out
 
 
@@ -36,7 +37,7 @@ def _ours(session: ort.InferenceSession, canvases: list[np.ndarray], threshold: 
 
 def _reference(canvas: np.ndarray, threshold: float) -> np.ndarray:
     h, w = canvas.shape[:2]
-    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(artifacts.YUNET)), "", (w, h), threshold, 0.3, 5000)
+    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(weights.YUNET)), "", (w, h), threshold, 0.3, 5000)
     _, faces = detector.detect(canvas)
     faces = np.zeros((0, 15), np.float32) if faces is None else faces
     return faces[np.argsort(-faces[:, -1])]
@@ -59,7 +60,7 @@ def test_detections_match_opencv(session: ort.InferenceSession, name: str) -> No
 def test_uint8_input_gives_exactly_the_float_graphs_outputs(session: ort.InferenceSession) -> None:
     """The exported input is uint8 (4x fewer bytes per image); the in-graph cast must change nothing."""
     assert session.get_inputs()[0].type == "tensor(uint8)"
-    float_graph = yunet.make_dynamic(onnx.load(str(artifacts.fetch(artifacts.YUNET))))
+    float_graph = yunet.make_dynamic(onnx.load(str(artifacts.fetch(weights.YUNET))))
     reference = ort.InferenceSession(float_graph.SerializeToString(), providers=["CPUExecutionProvider"])
     canvas = letterbox(cv2.imread(str(artifacts.photo("sample2.jpg"))), 640).canvas
     ours = session.run(None, {"input": to_nchw([canvas], np.uint8)})

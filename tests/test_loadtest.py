@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import gates
+from loadtest import gates, soak
 from loadtest.arrivals import next_wait, schedule
 from loadtest.capacity import judge, step_seconds, users_for
 from loadtest.headless import parse_duration
 from loadtest.mix import DEFAULT_MIX, ENDPOINTS, parse_mix
 from loadtest.shapes import SHAPES, spike, steady, step
-from loadtest.stack import LocalStack
+from localstack.stack import LocalStack
 
 HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
           "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"
@@ -193,6 +193,20 @@ def test_capacity_step_needs_slos_and_throughput():
     assert not judge(run_stats(stat("/v1/identify", 300, p99=800)), "identify", 10, 30, 500, 0.1, 0.9)[0]
     assert users_for(10, 500) == 10 and users_for(0.5, 500) == 2 and users_for(10, 1000) == 20
     assert step_seconds(1, 30, 100) == 100 and step_seconds(5, 30, 100) == 30 and step_seconds(3, 30, 100) == 34
+
+
+def test_soak_capacity_of_the_mix_from_a_closed_loop():
+    """4 users, 3 on verify (0.1 s a task: 30/s) and 1 on enrolment (0.5 s: 2/s, its enrol request counting the
+    task): a user running the mix 3:1 back to back does 4 tasks in 0.8 s, so 4 users 20 tasks/s. Failed
+    requests are not tasks done; an endpoint that completed nothing is an error, not an infinite capacity."""
+    stats = run_stats(stat("/v1/verify (image)", 302, failures=2), stat("/v1/galleries/{g}/subjects", 21),
+                      stat(".../subjects/{s}/faces", 21, failures=1), stat(".../subjects/{s}", 20, method="DELETE"))
+    rate, by_endpoint = soak.mix_capacity(stats, {"verify_image": 3, "enrol": 1}, 4, 10.0)
+    assert by_endpoint == {"verify_image": 30.0, "enrol": 2.0} and rate == pytest.approx(20.0)
+    # the same completions from twice the users: each task took twice as long, the same capacity
+    assert soak.mix_capacity(stats, {"verify_image": 3, "enrol": 1}, 8, 10.0)[0] == pytest.approx(20.0)
+    with pytest.raises(RuntimeError, match="no identify task completed"):
+        soak.mix_capacity(stats, {"verify_image": 3, "identify": 1}, 4, 10.0)
 
 
 # ---- short real runs against the local stack -----------------------------------------------------

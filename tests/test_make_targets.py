@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from export.artifacts import REPO_ROOT
+from facestack.artifacts import REPO_ROOT
 
 DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
 # `make X` inside inline code or a fenced block (prose like "to make the change" is not a command).

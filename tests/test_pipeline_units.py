@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from export import artifacts
+from export import weights
+from facestack import artifacts
 from facestack.pipeline import detection, quality
 from facestack.pipeline.alignment import align, similarity_transform
 from facestack.pipeline.image import (
@@ -161,7 +162,7 @@ def test_detections_at_each_detector_size_match_opencv(name: str, size: int) -> 
     names = list(detection.OUTPUT_NAMES)
     outputs = dict(zip(names, session.run(names, {"input": to_nchw([canvas], np.uint8)}), strict=True))
     ours = detection.decode({k: v[0] for k, v in outputs.items()}, size, size, 0.6, 0.3)
-    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(artifacts.YUNET)), "", (size, size), 0.6, 0.3, 5000)
+    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(weights.YUNET)), "", (size, size), 0.6, 0.3, 5000)
     ref = detector.detect(canvas)[1]
     ref = ref[np.argsort(-ref[:, -1])]
     assert len(ours) == len(ref) > 0

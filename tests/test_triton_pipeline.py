@@ -10,8 +10,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from export import artifacts
-from export.artifacts import photo_bytes
+from export import weights
+from facestack import artifacts
+from facestack.artifacts import photo_bytes
 from facestack.pipeline.image import letterbox
 from facestack.triton.client import infer
 from facestack.triton.launcher import TritonServer
@@ -53,7 +54,7 @@ def _opencv_faces(name: str, threshold: float = 0.6) -> np.ndarray:
     """OpenCV's own YuNet detector on the native-resolution image: the reference."""
     image = cv2.imread(str(artifacts.photo(name)))
     h, w = image.shape[:2]
-    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(artifacts.YUNET)), "", (w, h), threshold, 0.3, 5000)
+    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(weights.YUNET)), "", (w, h), threshold, 0.3, 5000)
     _, faces = detector.detect(image)
     return np.zeros((0, 15), np.float32) if faces is None else faces
 
@@ -201,7 +202,7 @@ def test_smaller_detector_sizes_keep_the_faces_found_at_640(client, name: str, l
     lost: 17 px wide at the border of sample1, docs/benchmarks.md.)"""
     image = _resized(name, long_side)
     lb = letterbox(image, 640)
-    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(artifacts.YUNET)), "", (640, 640), 0.6, 0.3, 5000)
+    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(weights.YUNET)), "", (640, 640), 0.6, 0.3, 5000)
     reference = detector.detect(lb.canvas)[1] / lb.scale
     result = infer(client, cv2.imencode(".png", image)[1].tobytes(), max_faces=64)
     centres = (result.boxes[:, :2] + result.boxes[:, 2:]) / 2

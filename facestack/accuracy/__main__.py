@@ -1,7 +1,7 @@
 """`python -m facestack.accuracy --data DIR`: a folder in LFW layout through the real Triton pipeline.
 
 Writes `<out>/results.json` (every number, per embedder) and `<out>/roc_det.png`, prints a summary, and with
-`--calibrate` writes the operating points into export/thresholds.json and, in place, into the manifests of the
+`--calibrate` writes the operating points into facestack/thresholds.json and, in place, into the manifests of the
 exported embedders that were measured. Without `--triton-url` a local Triton (facestack.triton.launcher) is
 started, only if some image is not in the embedding cache yet.
 """
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embedders", nargs="+", default=["sface", "dlib"], choices=sorted(embed.EMBEDDER_MODELS))
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "accuracy", help="results folder")
     parser.add_argument("--calibrate", action="store_true",
-                        help="write the operating points to export/thresholds.json and the manifests")
+                        help="write the operating points to facestack/thresholds.json and the manifests")
     parser.add_argument("--default-operating-point", default=calibrate.DEFAULT_OPERATING_POINT)
     parser.add_argument("--face", choices=embed.FACE_CHOICES, default="main",
                         help="which face of a multi-face image to use (default: main, the gateway's rule)")

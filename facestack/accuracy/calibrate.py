@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from facestack.accuracy import metrics, openset
-from facestack.settings import REPO_ROOT
+from facestack.settings import THRESHOLDS_FILE
 
-THRESHOLDS_FILE = REPO_ROOT / "export" / "thresholds.json"
 FMRS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 MIN_FALSE_MATCHES = 10
 DEFAULT_OPERATING_POINT = "fmr_1e-3"
@@ -71,7 +70,7 @@ def operating_points(genuine: np.ndarray, impostor: np.ndarray, *, dataset: str,
 
 def model_entry(calibration: dict, default: str = DEFAULT_OPERATING_POINT,
                 default_identify: str = openset.DEFAULT_IDENTIFY_POINT) -> dict:
-    """What export/thresholds.json keeps of one embedder's calibration (evaluate.calibration's result)."""
+    """What facestack/thresholds.json keeps of one embedder's calibration (evaluate.calibration's result)."""
     points, identify = calibration["operating_points"], calibration.get("identify_operating_points") or {}
     if default not in points:
         raise ValueError(f"default operating point {default!r} is not among the calibrated ones {sorted(points)}")
@@ -94,7 +93,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def write_thresholds(entries: dict[str, dict], path: Path = THRESHOLDS_FILE) -> None:
-    """Merge {model: entry} into export/thresholds.json (other models' entries are kept)."""
+    """Merge {model: entry} into facestack/thresholds.json (other models' entries are kept)."""
     path = Path(path)
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(entries)

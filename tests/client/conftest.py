@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from facestack.triton.launcher import free_port
-from gateway.process import GatewayProcess, GatewayProcessError
+from localstack.gateway import GatewayProcess, GatewayProcessError
 from tests.reliability.harness import write_keys
 
 

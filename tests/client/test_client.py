@@ -11,7 +11,7 @@ import uuid
 import pytest
 from PIL import Image, ImageFilter
 
-from export.artifacts import photo, photo_bytes
+from facestack.artifacts import photo, photo_bytes
 from facestack.client import (
     AsyncClient,
     Client,

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from export.artifacts import photo_bytes
+from facestack.artifacts import photo_bytes
 from facestack.client import Client, NotFound
 
 pytestmark = pytest.mark.triton

@@ -24,12 +24,12 @@ import pytest
 import uvicorn
 from PIL import Image, ImageEnhance, ImageFilter
 
-from export.artifacts import photo_bytes
-from facestack.settings import Settings
+from facestack.artifacts import photo_bytes
+from facestack.settings import THRESHOLDS_FILE, Settings
 from facestack.triton.launcher import free_port
 from gateway.app import create_app
 from gateway.auth import hash_key, new_key
-from gateway.milvus_server import MilvusServer
+from localstack.milvus_server import MilvusServer
 
 KEYS = {  # name -> (tenant, scopes)
     "acme": ("acme", ["admin"]),
@@ -254,8 +254,8 @@ def seg():
 
 @pytest.fixture(scope="session")
 def default_point() -> dict[str, tuple[str, float]]:
-    """Each embedder's committed default operating point (export/thresholds.json): model -> (name, threshold)."""
-    committed = json.loads((Path(__file__).resolve().parents[2] / "export" / "thresholds.json").read_text())
+    """Each embedder's committed default operating point (facestack/thresholds.json): model -> (name, threshold)."""
+    committed = json.loads(THRESHOLDS_FILE.read_text())
     return {model: (entry["default_operating_point"],
                     entry["operating_points"][entry["default_operating_point"]]["threshold"])
             for model, entry in committed.items()}

@@ -20,12 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from export.artifacts import photo_bytes
+from facestack.artifacts import photo_bytes
 from facestack.triton.launcher import TritonServer, free_port
 from gateway.auth import new_key
 from gateway.metrics import Metrics
-from gateway.process import GatewayProcess
 from gateway.triton_client import TritonPipeline, resolve_endpoints
+from localstack.gateway import GatewayProcess
 
 HOSTS = ("127.0.0.1", "127.0.0.2")
 PIPELINE = "face_pipeline"

@@ -209,7 +209,7 @@ def _oriented(upright: np.ndarray, orientation: int, fmt: str) -> bytes:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_exif_orientation_is_honoured_for_every_format(acme, fmt) -> None:
-    from export.artifacts import photo_bytes
+    from facestack.artifacts import photo_bytes
 
     upright = np.asarray(Image.open(io.BytesIO(photo_bytes("obama.jpg"))).convert("RGB").reduce(2))
     height, width = upright.shape[:2]

@@ -1,5 +1,5 @@
 """The gateway as a real process: `python -m uvicorn gateway.app:app` (as the Helm chart runs it) and
-`python -m gateway.local` (as `make run` does).
+`python -m localstack.run` (as `make run` does).
 
 - Acknowledged enrolments survive kill -9 (enrolments run concurrently, so the one-writer lock matters).
 - SIGTERM lets in-flight requests finish.
@@ -22,7 +22,7 @@ import pytest
 
 from facestack.triton.launcher import free_port
 from gateway.auth import new_key
-from gateway.process import GatewayProcess, clean_env
+from localstack.gateway import GatewayProcess, clean_env
 
 pytestmark = pytest.mark.triton
 KEY = new_key()  # a weak FACESTACK_API_KEY is refused at start-up
@@ -108,7 +108,7 @@ def test_local_run_prints_ready_line_and_stops_everything_on_ctrl_c(tmp_path, im
     port, grpc_port = free_port(), free_port()
     env = clean_env(PORT=str(port), FACESTACK_DATA_DIR=str(tmp_path), FACESTACK_TRITON_GRPC_PORT=str(grpc_port),
                     FACESTACK_TRITON_HTTP_PORT=str(free_port()), FACESTACK_TRITON_METRICS_PORT=str(free_port()))
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.local"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "localstack.run"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:

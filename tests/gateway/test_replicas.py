@@ -21,8 +21,8 @@ import pytest
 from pymilvus import MilvusClient
 
 from gateway.auth import new_key
-from gateway.process import GatewayProcess
 from gateway.store import SUBJECTS, template_collection
+from localstack.gateway import GatewayProcess
 
 from .conftest import SERVER_STALENESS_S, unique
 

@@ -22,8 +22,8 @@ from pymilvus import MilvusClient
 
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
-from gateway.milvus_server import MilvusServer
 from gateway.store import MAX_QUERY_WINDOW, Store, template_collection
+from localstack.milvus_server import MilvusServer
 
 from .conftest import SERVER_STALENESS_S, unique
 

@@ -17,10 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.artifacts import REPO_ROOT
 from facestack.accuracy import openset
-from facestack.settings import Settings
-from gateway import local
+from facestack.settings import THRESHOLDS_FILE, Settings
 from gateway.app import create_app
 from gateway.audit import AuditLog, verify_chain
 from gateway.auth import KeyConfigError, KeyStore, hash_key
@@ -30,6 +28,7 @@ from gateway.metrics import Metrics
 from gateway.operating_points import OperatingPoints
 from gateway.store import Store, quote
 from gateway.timing import union_ms
+from localstack import run as local
 
 LIMITS = {"max_bytes": 1 << 20, "max_pixels": 4_000_000}
 
@@ -170,8 +169,8 @@ def test_operating_points_from_a_calibrated_manifest(tmp_path) -> None:
 
 
 def test_operating_points_fall_back_to_the_committed_thresholds(tmp_path) -> None:
-    points = OperatingPoints(tmp_path)  # no manifest here: export/thresholds.json
-    committed = json.loads((REPO_ROOT / "export" / "thresholds.json").read_text())
+    points = OperatingPoints(tmp_path)  # no manifest here: facestack/thresholds.json
+    committed = json.loads(THRESHOLDS_FILE.read_text())
     for model in ("face_embedder", "face_embedder_dlib"):
         decision = points.decide(model, "1")
         default = committed[model]["default_operating_point"]
@@ -190,8 +189,8 @@ def test_operating_points_fall_back_to_the_committed_thresholds(tmp_path) -> Non
 def test_identify_thresholds_follow_the_gallery_size() -> None:
     """The committed calibration: identify's threshold for N templates keeps the stated FPIR by the FPIR model;
     a 1:1 point is refused for identify; a best-of-k verify gets a stricter threshold at the same FMR."""
-    points = OperatingPoints(Path("/nonexistent"))  # the committed export/thresholds.json
-    committed = json.loads((REPO_ROOT / "export" / "thresholds.json").read_text())["face_embedder"]
+    points = OperatingPoints(Path("/nonexistent"))  # the committed facestack/thresholds.json
+    committed = json.loads(THRESHOLDS_FILE.read_text())["face_embedder"]
     ladder = committed["fmr_ladder"]
     sizes = (1, 10, 1000, 100_000, 10**9)
     decisions = [points.decide_identify("face_embedder", "1", n) for n in sizes]

@@ -4,6 +4,7 @@ and YAML hygiene. (The Dockerfiles cannot be built here: no Docker engine, no GP
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -71,19 +72,39 @@ def test_gateway_dockerfile_serves_the_gateway():
     assert re.search(r"ARG PYTHON_IMAGE=python:3\.11\.\d+-slim", text)
 
 
+def test_gateway_image_holds_what_the_gateway_imports():
+    """The gateway image copies some packages of the repository (not export/, the tools, the load test): the
+    gateway's entry points, with the photo fetcher the helm test uses, import nothing of the repository outside
+    them, and the operating points it falls back on are package data of one of them."""
+    copied = {src.rstrip("/") for line in re.findall(r"^COPY (?!--from)(.+)$", _dockerfile("gateway.Dockerfile"),
+                                                     flags=re.M) for src in line.split()[:-1]}
+    assert "gateway" in copied and "export" not in copied
+    code = ("import json, sys; import gateway.__main__, gateway.app, facestack.artifacts; print(json.dumps("
+            "sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)})))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    ours = {Path(f).resolve().relative_to(REPO).parts[0] for f in json.loads(loaded.stdout)
+            if Path(f).resolve().is_relative_to(REPO) and ".venv" not in Path(f).parts}
+    assert ours and ours <= copied, f"the gateway imports {sorted(ours - copied)}, which its image does not copy"
+    from facestack.settings import THRESHOLDS_FILE
+
+    assert THRESHOLDS_FILE.parent.name in copied and THRESHOLDS_FILE.is_file()
+    package_data = re.search(r"^facestack = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), flags=re.M)
+    assert package_data and f'"{THRESHOLDS_FILE.name}"' in package_data.group(1)
+
+
 def test_gateway_image_carries_the_helm_test_photos():
     """The `helm test` pod runs the gateway image and reads its photos from the image: the Dockerfile fetches
     exactly the photos the check script sends, with the pinned fetcher, into the cache dir it exports, under
     /opt/facestack (copied into the runtime stage), and drops the downloaded archives. No photo is committed."""
-    from export import artifacts
+    from facestack import artifacts
 
     text = _dockerfile("gateway.Dockerfile")
     spec = importlib.util.spec_from_file_location(
         "facestack_helm_test_check", REPO / "helm" / "facestack" / "files" / "scripts" / "helm_test_check.py")
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
-    fetched = re.search(r"from export\.artifacts import photo; \[photo\(n\) for n in \(([^)]*)\)\]", text)
-    assert fetched, "the photos are fetched with export.artifacts.photo at build time"
+    fetched = re.search(r"from facestack\.artifacts import photo; \[photo\(n\) for n in \(([^)]*)\)\]", text)
+    assert fetched, "the photos are fetched with facestack.artifacts.photo at build time"
     names = set(re.findall(r"'([^']+)'", fetched.group(1)))
     assert names == set(check.PHOTOS.values()) == {"obama.jpg", "obama2.jpg"}
     assert {artifacts.PHOTOS[n].package for n in names} == {"face-recognition"}  # one person, two photos

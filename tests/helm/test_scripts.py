@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from export import artifacts
+from facestack import artifacts
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "helm" / "facestack" / "files" / "scripts"

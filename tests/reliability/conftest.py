@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from facestack.triton.launcher import TritonServer
+from localstack.gateway import GatewayProcess
 from tests.gateway.conftest import KEYS, assert_problem, img, keys, problem, seg, spawn, uid, unique
-from tests.reliability.harness import FuzzTarget, GatewayProcess
+from tests.reliability.harness import FuzzTarget
 
 __all__ = ["KEYS", "assert_problem", "img", "keys", "problem", "seg", "spawn", "uid", "unique", "own_triton",
            "fuzz_target"]

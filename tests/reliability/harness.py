@@ -1,6 +1,6 @@
-"""Processes the reliability tests and the soak run start, kill and measure: the gateway as its own process
-(`python -m uvicorn gateway.app:app`, as the Helm chart runs it), a Milvus Lite server, and /proc probes
-(RSS, open file descriptors, child processes).
+"""What the reliability tests start, kill and measure beyond the local stack (localstack: the gateway process
+and its /proc probes): a hashed keys file, a Milvus Lite server that can die, the fuzz target's bounds and
+a slow network in front of a server.
 
 Everything binds 127.0.0.1 on free ports; every process is started in its own session so that a test can
 kill exactly what it started (by process group id), never by name.
@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facestack.triton.launcher import free_port
-from gateway import process
 from gateway.auth import hash_key, new_key
-
-REPO = Path(__file__).resolve().parents[2]
+from localstack.gateway import GatewayProcess
 
 
 def write_keys(path: Path, keys: dict[str, tuple[str, list[str]]]) -> dict[str, str]:
@@ -33,64 +31,6 @@ def write_keys(path: Path, keys: dict[str, tuple[str, list[str]]]) -> dict[str, 
                for name, (tenant, scopes) in keys.items()]
     path.write_text(json.dumps({"keys": records}))
     return plain
-
-
-# ---- /proc probes ---------------------------------------------------------------------------------
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below pid (children, grandchildren...)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-# ---- the gateway as a process ---------------------------------------------------------------------
-
-class GatewayProcess(process.GatewayProcess):
-    """gateway.process.GatewayProcess with the tests' /proc probes: the process's RSS and open files.
-    The keys file is the third argument, as the reliability tests pass it."""
-
-    def rss_mb(self) -> float:
-        return rss_mb(self.pid)
-
-    def open_fds(self) -> int:
-        return open_fds(self.pid)
 
 
 # ---- Milvus Lite as a server (a Milvus that can die under the gateway) ------------------------------

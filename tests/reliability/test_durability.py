@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from gateway.audit import verify_chain
-from tests.reliability.harness import GatewayProcess
+from localstack.gateway import GatewayProcess
 
 pytestmark = pytest.mark.triton
 BULK = 2  # images per enrolment request

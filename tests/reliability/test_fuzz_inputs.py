@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from export.artifacts import photo_bytes
+from facestack.artifacts import photo_bytes
 from gateway.errors import CODES, ApiError
 from gateway.images import admit
 from gateway.schemas import valid_id

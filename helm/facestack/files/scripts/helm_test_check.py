@@ -8,7 +8,7 @@ JSON object; if that object carries a match decision (`match`, `verified`, `same
 be true.
 
 The two photos are two different photos of one person, `obama.jpg` and `obama2.jpg` from PyPI
-face-recognition==1.3.0, read with the project's pinned, sha256-checked fetcher (`export.artifacts.photo`). The
+face-recognition==1.3.0, read with the project's pinned, sha256-checked fetcher (`facestack.artifacts.photo`). The
 gateway image fetches them at build time into $FACESTACK_CACHE_DIR (/opt/facestack/.cache), so the pod (which
 runs that image) only reads them; photos are never committed to the repository. Otherwise standard library only.
 """
@@ -63,9 +63,9 @@ def multipart(parts: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
 def load_photos() -> dict[str, tuple[str, bytes, str]]:
     """The multipart parts: each photo's bytes as the pinned fetcher returns them (sha256-checked)."""
     try:
-        from export.artifacts import photo_bytes
+        from facestack.artifacts import photo_bytes
     except ImportError as exc:
-        raise SystemExit(f"FAIL cannot import export.artifacts ({exc}): run this in the gateway image") from exc
+        raise SystemExit(f"FAIL cannot import facestack.artifacts ({exc}): run this in the gateway image") from exc
     try:
         return {part: (name, photo_bytes(name), "image/jpeg") for part, name in PHOTOS.items()}
     except Exception as exc:  # ArtifactError, OSError: missing from the image's cache, or altered

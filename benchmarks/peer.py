@@ -1,9 +1,9 @@
 """The peer a user would otherwise pick: face_recognition 1.3.0 (dlib HOG detector + dlib ResNet), on one core.
 
-    python -m facestack.bench_peer --seconds 10 PHOTO...          # images/s on one core, JSON on stdout
-    python -m facestack.bench_peer --lfw DIR                       # + LFW View 1 DevTest accuracy (its 0.6 rule)
+    python -m benchmarks.peer --seconds 10 PHOTO...          # images/s on one core, JSON on stdout
+    python -m benchmarks.peer --lfw DIR                       # + LFW View 1 DevTest accuracy (its 0.6 rule)
 
-Run by `python -m facestack.bench` (`make bench` installs the peer first: `make peer`). The process pins
+Run by `python -m benchmarks.pipeline` (`make bench` installs the peer first: `make peer`). The process pins
 itself to one CPU: face_recognition is single-threaded, so its rate per core is its rate.
 """
 

@@ -1,6 +1,6 @@
 """Where the SFace export's time goes: latency and parity after each optimisation pass, as a markdown table.
 
-    .venv/bin/python -m export.bench_sface [--runs 20]
+    .venv/bin/python -m benchmarks.sface [--runs 20]
 
 Each row is the naive fold with the first k passes of `export.sface.OPTIMISATION_PASSES` applied, plus one
 alternative PRelu rewrite for comparison. onnxruntime CPU, 2 intra-op threads, ms per face: median of --runs
@@ -27,7 +27,8 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from export import sface
-from export.artifacts import SFACE_INT8BQ, fetch
+from export.weights import SFACE_INT8BQ
+from facestack.artifacts import fetch
 
 NAIVE, EXPORTED = "naive fold", "+ PRelu as s*x + (1-s)*Relu(x) = exported"
 LEVELS = {"ORT basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -24,6 +24,7 @@ import httpx
 
 from facestack.settings import REPO_ROOT
 from facestack.triton.launcher import free_port
+from localstack import probes
 
 GRACEFUL_SHUTDOWN_S = 20  # uvicorn's budget for in-flight requests after SIGTERM
 
@@ -122,6 +123,12 @@ class GatewayProcess:
                 state = "ready" if path == "/readyz" else "up"
                 raise GatewayProcessError(f"gateway not {state} within {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.1)
+
+    def rss_mb(self) -> float:
+        return probes.rss_mb(self.pid)
+
+    def open_fds(self) -> int:
+        return probes.open_fds(self.pid)
 
     def client(self, key: str | None = None, timeout: float = 60.0) -> httpx.Client:
         """An HTTP client for this gateway, sending `key` as X-API-Key (none: anonymous)."""

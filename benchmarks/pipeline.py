@@ -1,6 +1,6 @@
 """Pipeline benchmark (`make bench`): Triton vs the in-process ceiling, verify end to end, and the peer library.
 
-    python -m facestack.bench [--seconds 5] [--lfw ../shared/datasets/lfw-view1] [--out docs/bench/pipeline.json]
+    python -m benchmarks.pipeline [--seconds 5] [--lfw ../shared/datasets/lfw-view1] [--out docs/bench/pipeline.json]
 
 Side by side in one run, on the same photos (LFW-size 250 x 250 photos from View 1 DevTest, and a 12 MP
 photo made from a registry portrait):
@@ -10,7 +10,7 @@ photo made from a registry portrait):
    processes): p50 at one client and the best throughput of 1-8 clients;
 3. POST /v1/verify through the gateway (two LFW photos) at concurrency 1 vs the in-process model compute
    of the same two photos;
-4. face_recognition 1.3.0 on one core (`python -m facestack.bench_peer`, needs `make peer`).
+4. face_recognition 1.3.0 on one core (`python -m benchmarks.peer`, needs `make peer`).
 Prints a table and writes JSON.
 """
 
@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from export.artifacts import photo_bytes
+from facestack.artifacts import photo_bytes
 from facestack.pipeline.faces import FacePipeline, Options
 from facestack.pipeline.image import decode_reduced
 from facestack.pipeline.runtime import InProcessModels, embedder_specs
@@ -236,8 +236,8 @@ def verify_end_to_end(triton_url: str, pair: tuple[bytes, bytes], seconds: float
     session.run time counted), so both sides see the same load on a shared machine. Also whether verify's two
     face_pipeline calls overlap: Triton's summed request time per verify vs the gateway's wall time with a
     call in flight (Server-Timing), and how many executions the two requests took."""
-    from gateway.bench import KEY, server_timing
-    from gateway.process import GatewayProcess
+    from benchmarks.gateway import KEY, server_timing
+    from localstack.gateway import GatewayProcess
 
     files = {"probe": ("probe.jpg", pair[0], "image/jpeg"), "reference": ("reference.jpg", pair[1], "image/jpeg")}
     latency, triton_wall, compute = [], [], []
@@ -272,7 +272,7 @@ def verify_end_to_end(triton_url: str, pair: tuple[bytes, bytes], seconds: float
 
 def peer(paths: list[Path], seconds: float) -> dict:
     """face_recognition 1.3.0 on one core, in its own process; {"skipped": why} when not installed."""
-    proc = subprocess.run([sys.executable, "-m", "facestack.bench_peer", "--seconds", str(seconds), *map(str, paths)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.peer", "--seconds", str(seconds), *map(str, paths)],
                           capture_output=True, text=True, cwd=REPO_ROOT)
     if proc.returncode:
         return {"skipped": (proc.stderr.strip().splitlines() or ["failed"])[-1] + " (run `make peer`)"}
@@ -322,7 +322,7 @@ def run(seconds: float, lfw: Path, out: Path, with_peer: bool = True) -> dict:
     results["meta"] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
                        "machine": platform.processor() or platform.machine(), "onnxruntime_threads": THREADS,
                        "seconds_per_point": seconds, "load_average_after": [round(v, 2) for v in os.getloadavg()],
-                       "command": f"python -m facestack.bench --seconds {seconds:g}"}
+                       "command": f"python -m benchmarks.pipeline --seconds {seconds:g}"}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from facestack.triton.launcher import TritonServer, free_port
-from gateway.process import GatewayProcess, GatewayProcessError
+from localstack.gateway import GatewayProcess, GatewayProcessError
 
 
 class StackError(RuntimeError):
@@ -46,6 +46,23 @@ class LocalStack:
         except GatewayProcessError as exc:
             raise StackError(str(exc)) from exc
         return self
+
+    @property
+    def gateway(self) -> GatewayProcess:
+        assert self._gateway is not None, "stack not started"
+        return self._gateway
+
+    @property
+    def triton_pid(self) -> int:
+        """The tritonserver process (its python stubs are its children), when this stack started its own."""
+        assert self._triton is not None and self._triton._process is not None, "no Triton of this stack's own"
+        return self._triton._process.pid  # the launcher keeps its Popen private
+
+    @property
+    def ports(self) -> list[int]:
+        """Every port the stack listens on (the gateway's, and its own Triton's)."""
+        triton = self._triton
+        return [self.port] + ([triton.grpc_port, triton.http_port, triton.metrics_port] if triton else [])
 
     def log_tail(self, chars: int = 2000) -> str:
         return self._gateway.log_tail(chars) if self._gateway is not None else ""

@@ -1,7 +1,7 @@
 """Gateway benchmark (not a test): verify and identify through HTTP against the real Triton and Milvus Lite.
 
-    python -m gateway.bench                       # everything, ~5 minutes on 2 cores
-    python -m gateway.bench --seconds 10 --sizes 1000 10000 --out /tmp/bench.json
+    python -m benchmarks.gateway                       # everything, ~5 minutes on 2 cores
+    python -m benchmarks.gateway --seconds 10 --sizes 1000 10000 --out /tmp/bench.json
 
 Measures, each level for --seconds after a warm-up:
 1. Triton's own face_pipeline throughput and latency (direct gRPC, one image per call): the ceiling.
@@ -34,14 +34,14 @@ import httpx
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 
-from export.artifacts import photo_bytes
+from facestack.artifacts import photo_bytes
 from facestack.settings import REPO_ROOT
 from facestack.triton.client import MODEL, build_request, parse_result
 from facestack.triton.launcher import TritonServer
 from gateway.auth import new_key
 from gateway.metrics import Metrics
-from gateway.process import GatewayProcess
 from gateway.store import Store, template_collection
+from localstack.gateway import GatewayProcess
 
 KEY = new_key()  # FACESTACK_API_KEY must be strong (gateway.auth.check_env_key)
 _TRITON_DUR = re.compile(r"triton;dur=([0-9.]+)")
@@ -203,7 +203,7 @@ def print_table(levels: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gateway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=3.0)

@@ -164,7 +164,7 @@ class MilvusServer:
 
 
 def main() -> int:
-    """`python -m gateway.milvus_server [DATA_DIR]`: run a server until Ctrl-C; prints its URI."""
+    """`python -m localstack.milvus_server [DATA_DIR]`: run a server until Ctrl-C; prints its URI."""
     import sys
 
     data = Path(sys.argv[1] if len(sys.argv) > 1 else REPO_ROOT / ".data" / "milvus-server")

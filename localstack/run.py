@@ -1,7 +1,7 @@
-"""`make run` / `python -m gateway.local`: the real Triton on CPU plus the gateway on 127.0.0.1:$PORT.
+"""`make run` / `python -m localstack.run`: the real Triton on CPU plus the gateway on 127.0.0.1:$PORT.
 
 Milvus Lite lives under the data directory (FACESTACK_DATA_DIR, default .data/); with `--milvus-server`
-(`make run MILVUS=server`) a real Milvus 2.3.5 server (gateway/milvus_server.py) runs instead, its data in
+(`make run MILVUS=server`) a real Milvus 2.3.5 server (localstack/milvus_server.py) runs instead, its data in
 <data dir>/milvus-server, and is killed at the end (acknowledged writes survive). The API key is
 FACESTACK_API_KEY when set, else one generated on the first run and kept in <data dir>/api_key.
 Ctrl-C (or SIGTERM) stops the gateway (in-flight requests finish), then Triton.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ from facestack.settings import Settings, get_settings
 from facestack.triton.launcher import TritonServer, TritonStartError
 from gateway.app import audit_target, create_app, milvus_uri
 from gateway.auth import new_key
+from localstack.probes import port_free
 
 
 def say(message: str) -> None:
@@ -43,16 +43,6 @@ def local_key(settings: Settings) -> tuple[str, str]:
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key, f"{path} (generated now)"
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings.model_copy(update={"triton_grpc_url": triton.grpc_url, "api_key": SecretStr(key)})
     milvus = None
     if milvus_server:
-        from gateway.milvus_server import MilvusServer, MilvusServerError
+        from localstack.milvus_server import MilvusServer, MilvusServerError
 
         say("==> starting the Milvus 2.3.5 server (about 10 s)")
         milvus = MilvusServer(Path(settings.data_dir) / "milvus-server",

