@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from facestack.triton.launcher import TritonServer  # noqa: E402
-from loadtest.stack import LocalStack  # noqa: E402
+from localstack.stack import LocalStack  # noqa: E402
 
 KEEP = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
         "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
