@@ -91,6 +91,23 @@ class SubjectRef(TypedDict):
     templates_compared: int
 
 
+LivenessAction = Literal["turn_left", "turn_right", "look_up", "look_down"]
+
+
+class LivenessBinding(TypedDict):
+    status: str  # "passed" (a failed binding refuses the verify)
+    challenge_id: str
+    similarity: float
+    threshold: float
+
+
+class PadInfo(TypedDict):
+    policy: Literal["report", "enforce"]
+    score: float | None
+    threshold: float
+    passed: bool | None
+
+
 class VerifyResponse(TypedDict):
     match: bool
     similarity: float
@@ -100,6 +117,56 @@ class VerifyResponse(TypedDict):
     probe_face: Face
     reference_face: NotRequired[Face | None]
     subject: NotRequired[SubjectRef | None]
+    liveness: NotRequired[LivenessBinding | None]
+    pad: NotRequired[PadInfo | None]
+    request_id: str
+
+
+class ChallengeResponse(TypedDict):
+    challenge_id: str
+    nonce: str
+    actions: list[LivenessAction]
+    instructions: list[str]
+    expires_at: str
+    deadline_s: float
+    min_frames: int
+    max_frames: int
+    yaw_deg: float
+    pitch_deg: float
+    convention: str
+
+
+class LivenessStep(TypedDict):
+    action: LivenessAction
+    passed: bool
+    frame: NotRequired[int | None]
+
+
+class LivenessFrame(TypedDict):
+    index: int
+    faces: int
+    yaw: NotRequired[float | None]
+    pitch: NotRequired[float | None]
+    roll: NotRequired[float | None]
+    delta_yaw: NotRequired[float | None]
+    delta_pitch: NotRequired[float | None]
+    pose: NotRequired[Literal["neutral", "turn_left", "turn_right", "look_up", "look_down"] | None]
+    similarity: NotRequired[float | None]
+    pad_score: NotRequired[float | None]
+
+
+class LivenessResult(TypedDict):
+    challenge_id: str
+    decision: Literal["live", "not_live", "inconclusive"]
+    reason: str
+    detail: str
+    frame: NotRequired[int | None]
+    actions: list[LivenessAction]
+    steps: list[LivenessStep]
+    frames: list[LivenessFrame]
+    identity_threshold: float
+    identity_operating_point: str
+    model: ModelInfo
     request_id: str
 
 
@@ -293,6 +360,9 @@ ERRORS: dict[str, type[ApiError]] = {
     "method_not_allowed": InvalidRequest,
     "conflict": Conflict,
     "idempotency_conflict": Conflict,
+    "challenge_not_found": NotFound,
+    "challenge_used": Conflict,
+    "liveness_failed": FaceRejected,
     "image_too_large": InvalidRequest,
     "unsupported_media_type": InvalidRequest,
     "no_face": FaceRejected,
@@ -356,6 +426,8 @@ ROUTES: dict[str, tuple[str, str, str]] = {
     "detect": ("POST", "/v1/detect", "DetectResponse"),
     "verify": ("POST", "/v1/verify", "VerifyResponse"),
     "identify": ("POST", "/v1/identify", "IdentifyResponse"),
+    "liveness_challenge": ("POST", "/v1/liveness/challenges", "ChallengeResponse"),
+    "liveness_frames": ("POST", "/v1/liveness/challenges/{challenge_id}/frames", "LivenessResult"),
     "create_gallery": ("POST", "/v1/galleries", "Gallery"),
     "list_galleries": ("GET", "/v1/galleries", "GalleryPage"),
     "get_gallery": ("GET", "/v1/galleries/{gallery_id}", "Gallery"),
@@ -447,11 +519,16 @@ class _Base:
     @staticmethod
     def _verify(probe: ImageInput, reference: ImageInput | None, gallery: str | None, subject_id: str | None,
                 threshold: float | None, operating_point: str | None, multi_face: MultiFace | None,
-                embedder: Embedder | None) -> _Request:
+                embedder: Embedder | None, liveness_challenge: str | None = None) -> _Request:
         files = [_photo("probe", probe)] + ([_photo("reference", reference)] if reference is not None else [])
         return _Request("verify", files=files, form=_not_none(
             gallery=gallery, subject_id=subject_id, threshold=threshold, operating_point=operating_point,
-            multi_face=multi_face, embedder=embedder))
+            multi_face=multi_face, embedder=embedder, liveness_challenge=liveness_challenge))
+
+    @staticmethod
+    def _liveness_frames(challenge_id: str, nonce: str, frames: ImageInput | Sequence[ImageInput]) -> _Request:
+        return _Request("liveness_frames", {"challenge_id": challenge_id}, form={"nonce": nonce},
+                        files=_photos("frames", frames))
 
     @staticmethod
     def _identify(probe: ImageInput, gallery: str, top_k: int | None, threshold: float | None,
@@ -505,9 +582,18 @@ class Client(_Base):
 
     def verify(self, probe: ImageInput, reference: ImageInput | None = None, *, gallery: str | None = None,
                subject_id: str | None = None, threshold: float | None = None, operating_point: str | None = None,
-               multi_face: MultiFace | None = None, embedder: Embedder | None = None) -> VerifyResponse:
+               multi_face: MultiFace | None = None, embedder: Embedder | None = None,
+               liveness_challenge: str | None = None) -> VerifyResponse:
         return self._send(self._verify(probe, reference, gallery, subject_id, threshold, operating_point,
-                                       multi_face, embedder))
+                                       multi_face, embedder, liveness_challenge))
+
+    # ---- liveness (docs/liveness.md)
+    def liveness_challenge(self) -> ChallengeResponse:
+        return self._send(_Request("liveness_challenge"))
+
+    def liveness_frames(self, challenge_id: str, *, nonce: str,
+                        frames: ImageInput | Sequence[ImageInput]) -> LivenessResult:
+        return self._send(self._liveness_frames(challenge_id, nonce, frames))
 
     def identify(self, probe: ImageInput, *, gallery: str, top_k: int | None = None, threshold: float | None = None,
                  operating_point: str | None = None, multi_face: MultiFace | None = None) -> IdentifyResponse:
@@ -610,9 +696,17 @@ class AsyncClient(_Base):
     async def verify(self, probe: ImageInput, reference: ImageInput | None = None, *, gallery: str | None = None,
                      subject_id: str | None = None, threshold: float | None = None,
                      operating_point: str | None = None, multi_face: MultiFace | None = None,
-                     embedder: Embedder | None = None) -> VerifyResponse:
+                     embedder: Embedder | None = None, liveness_challenge: str | None = None) -> VerifyResponse:
         return await self._send(self._verify(probe, reference, gallery, subject_id, threshold, operating_point,
-                                             multi_face, embedder))
+                                             multi_face, embedder, liveness_challenge))
+
+    # ---- liveness (docs/liveness.md)
+    async def liveness_challenge(self) -> ChallengeResponse:
+        return await self._send(_Request("liveness_challenge"))
+
+    async def liveness_frames(self, challenge_id: str, *, nonce: str,
+                              frames: ImageInput | Sequence[ImageInput]) -> LivenessResult:
+        return await self._send(self._liveness_frames(challenge_id, nonce, frames))
 
     async def identify(self, probe: ImageInput, *, gallery: str, top_k: int | None = None,
                        threshold: float | None = None, operating_point: str | None = None,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PadPolicy = Literal["off", "report", "enforce"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,6 +66,23 @@ class Settings(BaseSettings):
     gateway_keys_reload_s: float = 2.0  # the keys file is re-read this often when it changed; 0 = never
     gateway_milvus_queue: int = 32  # Milvus calls waiting for one of the workers; beyond it: 503 + Retry-After
     gateway_idempotency_ttl_s: int = 86400  # how long an Idempotency-Key's answer is kept and replayed
+    # Liveness (docs/liveness.md). A challenge's frames must arrive within the deadline; a passed challenge can
+    # bind one verify within the result TTL. Pose thresholds: the change from the first frame that counts as
+    # a turn / a look up or down (first defaults; their noise on LFW: `python -m gateway.liveness_bench`).
+    gateway_liveness_deadline_s: float = 60.0
+    gateway_liveness_result_ttl_s: float = 300.0
+    gateway_liveness_yaw_deg: float = 15.0
+    gateway_liveness_pitch_deg: float = 10.0
+    # the actions a challenge draws from (2 or 3 of them, distinct, random order); at least two
+    gateway_liveness_actions: list[Literal["turn_left", "turn_right", "look_up", "look_down"]] = [
+        "turn_left", "turn_right", "look_up", "look_down"]
+    # same person across frames: cosine to the first frame at least this 1:1 operating point's threshold
+    gateway_liveness_identity_point: str = "fmr_1e-3"
+    # Presentation-attack detection (the optional `face_pad` model): off | report | enforce, for every tenant
+    # unless the JSON map names the tenant's own; a bona-fide score below the threshold fails under enforce.
+    gateway_pad_policy: PadPolicy = "off"
+    gateway_pad_policy_by_tenant: dict[str, PadPolicy] = {}
+    gateway_pad_threshold: float = 0.5
 
 
 # The embedders' calibrated operating points (written by `python -m facestack.accuracy --calibrate`): package

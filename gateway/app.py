@@ -20,10 +20,11 @@ from fastapi.staticfiles import StaticFiles
 
 from facestack.settings import Settings, get_settings
 from gateway import errors
-from gateway.api import galleries, health, recognition
+from gateway.api import galleries, health, liveness, recognition
 from gateway.api.common import EXTRA_SCHEMAS, Services
 from gateway.audit import AuditLog
 from gateway.auth import LiveKeys, check_env_key
+from gateway.challenges import Challenges
 from gateway.faces import QualityGate
 from gateway.gallery_sizes import GallerySizes
 from gateway.idempotency import Idempotency
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit = AuditLog(audit_target(settings), retry_after=settings.gateway_backend_retry_after_s)
         app.state.keys = keys
         app.state.idempotency = Idempotency(store, settings.gateway_idempotency_ttl_s)
+        app.state.challenges = Challenges(store, deadline_s=settings.gateway_liveness_deadline_s,
+                                          result_ttl_s=settings.gateway_liveness_result_ttl_s)
         app.state.settings = settings
         app.state.services = Services(
             settings=settings, triton=triton, store=store, audit=audit, metrics=metrics,
@@ -111,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(GatewayMiddleware, metrics=metrics, body_limits=BodyLimits.from_settings(settings))
     app.include_router(recognition.router)
     app.include_router(galleries.router)
+    app.include_router(liveness.router)
     app.include_router(health.router)
     # The web console (docs/console.md): static files from the package, no key needed to load them.
     app.mount("/console", StaticFiles(directory=Path(__file__).parent / "console", html=True), name="console")

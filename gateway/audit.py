@@ -31,7 +31,8 @@ log = logging.getLogger("gateway")
 # Fields an event may carry; anything else is dropped, so a template can never slip in by accident.
 FIELDS = ("operation", "tenant", "key_id", "gallery", "subject", "face_ids", "similarity", "threshold",
           "operating_point", "fpir", "templates", "decision", "model", "faces", "templates_deleted",
-          "subjects_deleted", "receipt_id", "request_id", "outcome")
+          "subjects_deleted", "receipt_id", "request_id", "outcome", "challenge_id", "reason", "actions", "pad_score",
+          "liveness")
 GENESIS = "0" * 64
 
 

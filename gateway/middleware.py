@@ -28,6 +28,7 @@ _IMAGE_ROUTES: tuple[tuple[re.Pattern[str], int | None], ...] = (
     (re.compile(r"^/v1/(detect|identify)$"), 1),
     (re.compile(r"^/v1/verify$"), 2),
     (re.compile(r"^/v1/galleries/[^/]+/subjects/[^/]+/faces$"), None),
+    (re.compile(r"^/v1/liveness/challenges/[^/]+/frames$"), None),
 )
 
 

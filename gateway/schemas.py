@@ -122,6 +122,8 @@ class VerifyForm(MatchOptions):
     gallery: Id | None = Field(None, description="with subject_id: verify against an enrolled subject")
     subject_id: Id | None = None
     embedder: Embedder | None = Field(None, description="image-to-image only (a gallery fixes its own)")
+    liveness_challenge: str | None = Field(None, max_length=64, description="a passed liveness challenge's id: "
+                                           "the probe must be the person who passed it (docs/liveness.md)")
 
 
 class VerifyJson(VerifyForm):
@@ -237,6 +239,8 @@ class VerifyResponse(BaseModel):
     probe_face: Face
     reference_face: Face | None = None
     subject: SubjectRef | None = None
+    liveness: LivenessBinding | None = Field(None, description="with liveness_challenge: the challenge it passed")
+    pad: PadInfo | None = Field(None, description="the PAD score of the probe, where the tenant's policy asks")
     request_id: str
 
 
@@ -342,3 +346,82 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     request_id: str | None = None
+
+
+# ---- liveness (docs/liveness.md) --------------------------------------------------------------------
+
+LivenessAction = Literal["turn_left", "turn_right", "look_up", "look_down"]
+
+
+class ChallengeResponse(BaseModel):
+    challenge_id: str
+    nonce: str = Field(description="send it back with the frames; shown once")
+    actions: list[LivenessAction] = Field(description="perform these in this order, from a frontal start")
+    instructions: list[str] = Field(description="the actions in words for the person in front of the camera")
+    expires_at: str = Field(description="the frames must arrive before this instant (ISO 8601, UTC)")
+    deadline_s: float
+    min_frames: int = Field(description="a frontal first frame and at least one frame per action")
+    max_frames: int
+    yaw_deg: float = Field(description="a turn counts once the yaw changed this much from the first frame")
+    pitch_deg: float = Field(description="a look up or down counts once the pitch changed this much")
+    convention: str = Field(description="which way left and up are")
+
+
+class FramesForm(_Strict):
+    nonce: str = Field(min_length=1, max_length=64)
+
+
+class FramesJson(FramesForm):
+    frames: Annotated[list[ImageB64], Field(min_length=1, max_length=MAX_IMAGES_PER_REQUEST)] = Field(
+        description="the captured frames in capture order")
+
+
+class LivenessStep(BaseModel):
+    action: LivenessAction
+    passed: bool
+    frame: int | None = Field(None, description="the first frame that showed it")
+
+
+class LivenessFrame(BaseModel):
+    index: int
+    faces: int = Field(description="faces at least the minimum face size")
+    yaw: float | None = None
+    pitch: float | None = None
+    roll: float | None = None
+    delta_yaw: float | None = Field(None, description="yaw minus the first frame's (> 0: towards the person's left)")
+    delta_pitch: float | None = Field(None, description="pitch minus the first frame's (> 0: looking down)")
+    pose: Literal["neutral", "turn_left", "turn_right", "look_up", "look_down"] | None = None
+    similarity: float | None = Field(None, description="cosine to the first frame's face")
+    pad_score: float | None = Field(None, description="the face_pad model's bona-fide score, where one runs")
+
+
+class LivenessResult(BaseModel):
+    challenge_id: str
+    decision: Literal["live", "not_live", "inconclusive"]
+    reason: str = Field(examples=["all_steps"])
+    detail: str
+    frame: int | None = Field(None, description="the frame the reason points at")
+    actions: list[LivenessAction]
+    steps: list[LivenessStep]
+    frames: list[LivenessFrame]
+    identity_threshold: float
+    identity_operating_point: str
+    model: ModelInfo
+    request_id: str
+
+
+class LivenessBinding(BaseModel):
+    status: Literal["passed"]
+    challenge_id: str
+    similarity: float = Field(description="cosine of the probe to the challenge's first frame")
+    threshold: float
+
+
+class PadInfo(BaseModel):
+    policy: Literal["report", "enforce"]
+    score: float | None = Field(description="bona-fide score of the probe face (null: no face_pad model ran)")
+    threshold: float
+    passed: bool | None = Field(description="score >= threshold (null without a score)")
+
+
+VerifyResponse.model_rebuild()  # it names LivenessBinding and PadInfo, defined after it

@@ -722,3 +722,23 @@ class Store:
             c.delete(collection, filter=f"created < {int(before_ms)}", timeout=self._wt)
 
         await self._run("purge_records", write, write=True)
+
+    async def claim_once(self, collection: str, key: str) -> bool:
+        """Single use without a lock (gateway/challenges.py): insert a claim row of our own under `key`, then read
+        every claim of the key (Strong); the claim holds only if no other is there. Two claimants racing can
+        both see each other and both lose; they can never both win (whichever inserted second reads the
+        other's row). Claims are never deleted before they expire, so a lost race still uses the key up."""
+        mine = f"{key}.{uuid.uuid4().hex[:16]}"
+        row = {"pk": mine, "created": now_ms(), "record": {}, "v": _PLACEHOLDER}
+
+        def write(c: MilvusClient) -> bool:
+            self._ensure_records(c, collection)
+            if c.query(collection, filter=f"pk like {quote(key + '.%')}", output_fields=["pk"], limit=1,
+                       timeout=self.timeout, consistency_level="Strong"):
+                return False  # claimed before: no need to add a row
+            c.insert(collection, [row], timeout=self._wt)
+            rows = c.query(collection, filter=f"pk like {quote(key + '.%')}", output_fields=["pk"], limit=16,
+                           timeout=self.timeout, consistency_level="Strong")
+            return [r["pk"] for r in rows] == [mine]
+
+        return await self._run("claim_once", write, write=True)

@@ -32,6 +32,7 @@ log = logging.getLogger("gateway")
 
 PIPELINE = "face_pipeline"
 OUTPUTS = ("BOXES", "SCORES", "LANDMARKS", "EMBEDDINGS", "QUALITY", "IMAGE_SIZE", "EMBEDDER_MODEL")
+PAD_OUTPUT = "PAD_SCORES"  # optional: only when a face_pad model runs (docs/architecture.md)
 QUALITY_FIELDS = ("face_size", "sharpness", "yaw", "pitch", "roll", "brightness")
 _CODE = re.compile(r"\b(invalid_image|image_too_large|invalid_argument):\s*(.*)", re.DOTALL)
 
@@ -43,6 +44,7 @@ class DetectedFace:
     landmarks: np.ndarray  # [5, 2]
     quality: dict[str, float]
     embedding: np.ndarray  # [D], L2-normalised
+    pad_score: float | None = None  # the face_pad model's bona-fide score, when one runs (docs/liveness.md)
 
     @property
     def area(self) -> float:
@@ -148,6 +150,7 @@ class TritonPipeline:
         self.bulkhead = Bulkhead(concurrency, queue, retry_after, metrics, timeout)
         self._client: grpcclient.InferenceServerClient | None = None
         self._batched: bool | None = None  # learnt from the model config on first use
+        self._outputs: tuple[str, ...] = OUTPUTS  # plus PAD_OUTPUT where the config declares it
         self._tasks: set[asyncio.Task[None]] = set()
         self._retired: list[grpcclient.InferenceServerClient] = []  # replaced channels still finishing calls
 
@@ -209,7 +212,10 @@ class TritonPipeline:
     async def _is_batched(self) -> bool:
         if self._batched is None:
             config = await self.client.get_model_config(PIPELINE, as_json=True, client_timeout=self.timeout)
-            self._batched = int(config.get("config", config).get("max_batch_size", 0)) > 0
+            config = config.get("config", config)
+            self._batched = int(config.get("max_batch_size", 0)) > 0
+            declared = {output.get("name") for output in config.get("output", [])}
+            self._outputs = OUTPUTS + ((PAD_OUTPUT,) if PAD_OUTPUT in declared else ())
         return self._batched
 
     def _inputs(self, image: bytes, embedder: str, max_faces: int, batched: bool) -> list[grpcclient.InferInput]:
@@ -251,7 +257,7 @@ class TritonPipeline:
                     batched = await self._is_batched()
                     result = await self.client.infer(
                         PIPELINE, self._inputs(image, embedder, max_faces, batched),
-                        outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
+                        outputs=[grpcclient.InferRequestedOutput(n) for n in self._outputs],
                         request_id=request_id, client_timeout=self.timeout)
                     break
                 except InferenceServerException as exc:
@@ -280,8 +286,11 @@ class TritonPipeline:
         model_tag = result.as_numpy("EMBEDDER_MODEL").reshape(-1)[0]
         model_tag = model_tag.decode() if isinstance(model_tag, bytes) else str(model_tag)
         model, _, version = model_tag.partition(":")
+        pad = result.as_numpy(PAD_OUTPUT)
+        pad = _squeeze(pad, 1) if pad is not None else None
         faces = [DetectedFace(boxes[i], float(scores[i]), landmarks[i].reshape(5, 2),
-                              dict(zip(QUALITY_FIELDS, (float(q) for q in quality[i]), strict=True)), embeddings[i])
+                              dict(zip(QUALITY_FIELDS, (float(q) for q in quality[i]), strict=True)), embeddings[i],
+                              float(pad[i]) if pad is not None and i < len(pad) else None)
                  for i in range(len(scores))]
         faces.sort(key=lambda f: f.area, reverse=True)
         return Analysis(faces, width, height, model, version or "1")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from facestack.pipeline import detection, quality
+from facestack.pipeline import detection, pad, quality
 from facestack.pipeline.alignment import align
 from facestack.pipeline.image import (
     DETECTOR_SIZES_DEFAULT,
@@ -58,6 +58,7 @@ class Faces:
     image_size: tuple[int, int]  # height, width
     embedder: EmbedderSpec
     embeddings: np.ndarray  # [F, D], L2-normalised
+    pad_scores: np.ndarray | None = None  # [F] bona-fide scores, only when a face_pad model runs
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -69,10 +70,12 @@ class FacePipeline:
     def __init__(self, detect: DetectFn, embed: EmbedFn, embedders: Sequence[EmbedderSpec],
                  detector_sizes: Sequence[int] = DETECTOR_SIZES_DEFAULT, score_threshold: float = 0.6,
                  nms_threshold: float = 0.3, max_pixels: int = MAX_PIXELS_DEFAULT,
-                 decode_min_long_side: int = 1280) -> None:
+                 decode_min_long_side: int = 1280, pad_score: pad.PadFn | None = None) -> None:
         """`detector_sizes`: square detector inputs an image is fitted into (see image.fit);
-        `decode_min_long_side`: large JPEGs are decoded at 1/2-1/8 scale down to this longer side (0 = never)."""
+        `decode_min_long_side`: large JPEGs are decoded at 1/2-1/8 scale down to this longer side (0 = never);
+        `pad_score`: the face_pad model, when one runs (facestack.pipeline.pad)."""
         self._detect = detect
+        self._pad = pad_score
         self._embed = embed
         self.embedders = {spec.name: spec for spec in embedders}
         self.detector_sizes = tuple(sorted(detector_sizes))
@@ -110,6 +113,7 @@ class FacePipeline:
                 found[i] = faces.scaled(decoded[i].factor / fitted[i].scale)
 
         crops: dict[str, list[tuple[int, np.ndarray]]] = {}
+        pad_crops: list[tuple[int, np.ndarray]] = []
         for i, d in decoded.items():
             opts = options[i]
             faces = detection.select(found[i], opts.max_faces, opts.min_face_size)
@@ -123,6 +127,10 @@ class FacePipeline:
                 image_size=d.size, embedder=spec, embeddings=np.zeros((0, spec.dim), np.float32),
             )
             crops.setdefault(spec.name, []).extend((i, c) for c in aligned)
+            if self._pad is not None:  # SFace's crop is the PAD contract's; another embedder's is aligned again
+                same = spec.size == pad.SIZE and np.allclose(spec.template, pad.TEMPLATE)
+                pad_crops.extend((i, c if same else align(d.image, lm / d.factor, pad.TEMPLATE, pad.SIZE))
+                                 for c, lm in zip(aligned, faces.landmarks, strict=True))
 
         for name, items in crops.items():
             if not items:
@@ -132,4 +140,10 @@ class FacePipeline:
             owners = np.array([i for i, _ in items])
             for i in np.unique(owners):
                 results[i].embeddings = vectors[owners == i]  # type: ignore[union-attr]
+        if self._pad is not None:
+            scores = (np.asarray(self._pad(to_nchw([cv2.cvtColor(c, cv2.COLOR_BGR2RGB) for _, c in pad_crops])),
+                                 np.float32).reshape(-1) if pad_crops else np.zeros(0, np.float32))
+            owners = np.array([i for i, _ in pad_crops], dtype=np.int64)
+            for i in decoded:
+                results[i].pad_scores = scores[owners == i]  # type: ignore[union-attr]
         return results  # type: ignore[return-value]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from facestack.pipeline import detection
+from facestack.pipeline import detection, pad
 from facestack.pipeline.faces import FacePipeline, Faces, Options
 from facestack.pipeline.image import DETECTOR_SIZES_DEFAULT, MAX_PIXELS_DEFAULT, ImageError
 from facestack.pipeline.runtime import (
@@ -86,6 +86,7 @@ class PipelineModel:
         else:
             raise pb_utils.TritonModelException(
                 f"composing_models must be in_process or triton, not {self.composing!r}")
+        pad_score = self._pad_model(repository, params.get("pad_model", ""), int(params.get("intra_op_threads", "0")))
         sizes = params.get("detector_sizes", ",".join(map(str, DETECTOR_SIZES_DEFAULT)))
         self.pipeline = FacePipeline(
             detect, embed, specs,
@@ -94,7 +95,23 @@ class PipelineModel:
             nms_threshold=float(params.get("nms_threshold", "0.3")),
             max_pixels=int(params.get("max_pixels", str(MAX_PIXELS_DEFAULT))),
             decode_min_long_side=int(params.get("decode_min_long_side", "1280")),
+            pad_score=pad_score,
         )
+
+    def _pad_model(self, repository: Path, name: str, threads: int) -> pad.PadFn | None:
+        """The face_pad slot (facestack.pipeline.pad): called when `pad_model` names a model that is in the
+        repository; otherwise the pipeline's outputs are exactly as without it."""
+        if not name or not (repository / name).is_dir():
+            return None
+        if self.composing == "triton":
+            return lambda crops: np.concatenate([
+                self._infer(name, crops[i:i + self.embed_batch], [pad.OUTPUT_NAME])[pad.OUTPUT_NAME]
+                for i in range(0, len(crops), self.embed_batch)])
+        path = pad.model_file(repository, name)
+        if path is None:
+            return None
+        session = onnx_session(path, threads)
+        return lambda crops: session.run([pad.OUTPUT_NAME], {pad.INPUT_NAME: crops})[0]
 
     @staticmethod
     def _infer(model: str, batch: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
@@ -130,6 +147,8 @@ class PipelineModel:
             "QUALITY": faces.quality.astype(np.float32),
         }
         out = [pb_utils.Tensor(name, np.ascontiguousarray(array[None])) for name, array in tensors.items()]
+        if faces.pad_scores is not None:  # optional output: only while a face_pad model runs
+            out.append(pb_utils.Tensor("PAD_SCORES", np.ascontiguousarray(faces.pad_scores.astype(np.float32)[None])))
         out.append(pb_utils.Tensor("IMAGE_SIZE", np.array([faces.image_size], np.int32)))
         out.append(pb_utils.Tensor("EMBEDDER_MODEL", np.array([[self.versions[faces.embedder.name].encode()]],
                                                                dtype=object)))

@@ -8,10 +8,11 @@ from collections.abc import Awaitable
 import numpy as np
 from fastapi import APIRouter, Request
 
+from gateway import pad
 from gateway.api.common import BACKEND, IMAGE, image_body, problems, request_id, services
-from gateway.auth import VerifyKey
+from gateway.auth import Principal, VerifyKey
 from gateway.errors import ApiError
-from gateway.faces import select
+from gateway.faces import Chosen, select
 from gateway.images import ImageData
 from gateway.inputs import read_images
 from gateway.operating_points import embedder_name
@@ -67,13 +68,14 @@ async def detect(request: Request, principal: VerifyKey) -> dict:
             "image": {"width": analysis.width, "height": analysis.height}, "request_id": request_id(request)}
 
 
-@router.post("/verify", response_model=VerifyResponse, summary="1:1: is the probe the same person?",
+@router.post("/verify", response_model=VerifyResponse, response_model_exclude_unset=True,
+             summary="1:1: is the probe the same person?",
              description="Against a second image (`reference`) or an enrolled subject (`gallery` + `subject_id`; "
                          "its templates are fetched by key and the best similarity counts, against a threshold "
                          "raised so that the best of k comparisons keeps the operating point's false-match rate). "
                          "`match` is `similarity >= threshold`.",
              responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "subject_not_found", "conflict",
-                                "audit_unavailable"),
+                                "audit_unavailable", "liveness_failed"),
              openapi_extra=image_body(VerifyForm, VerifyJson, {"probe": "the face to check",
                                                                "reference": "optional: a second photo"},
                                       {"probe": _B64, "reference": _B64}))
@@ -118,16 +120,45 @@ async def verify(request: Request, principal: VerifyKey) -> dict:
         score = similarity(face.embedding, other.embedding)
         reference_face = other.public()
 
+    pad_info, liveness = await _liveness_checks(request, principal, options.liveness_challenge, face, probe)
     match = score >= decision.threshold
     model = {"embedder": embedder_name(probe.model), "name": probe.model, "version": probe.version}
     svc.metrics.decisions.labels("verify", "match" if match else "no_match").inc()
     svc.audit.write("verify", tenant=principal.tenant, key_id=principal.key_id, gallery=options.gallery,
                     subject=options.subject_id, similarity=round(score, 6), threshold=decision.threshold,
                     operating_point=decision.name, decision="match" if match else "no_match",
-                    model=f"{probe.model}:{probe.version}", request_id=request_id(request))
-    return {"match": match, "similarity": round(score, 6), "threshold": decision.threshold,
-            "operating_point": decision.as_dict(), "model": model, "probe_face": face.public(),
-            "reference_face": reference_face, "subject": subject, "request_id": request_id(request)}
+                    model=f"{probe.model}:{probe.version}", pad_score=pad_info["score"] if pad_info else None,
+                    challenge_id=options.liveness_challenge, liveness="passed" if liveness else None,
+                    request_id=request_id(request))
+    answer = {"match": match, "similarity": round(score, 6), "threshold": decision.threshold,
+              "operating_point": decision.as_dict(), "model": model, "probe_face": face.public(),
+              "reference_face": reference_face, "subject": subject, "request_id": request_id(request)}
+    # only when asked for (a challenge) or configured (a PAD policy): otherwise the answer is as it always was
+    return answer | {k: v for k, v in (("liveness", liveness), ("pad", pad_info)) if v is not None}
+
+
+async def _liveness_checks(request: Request, principal: Principal, challenge_id: str | None, face: Chosen,
+                           probe: Analysis) -> tuple[dict | None, dict | None]:
+    """The probe's PAD score under the tenant's policy, and the liveness challenge the verify is bound to.
+    Either refuses the verify with liveness_failed (audited: the refusal names the check and the score)."""
+    svc = services(request)
+    try:
+        pad_info = pad.judge(svc.settings, principal.tenant, face.face.pad_score)
+        liveness = None
+        if challenge_id is not None:
+            threshold = svc.points.decide(probe.model, probe.version,
+                                          name=svc.settings.gateway_liveness_identity_point).threshold
+            liveness = await request.app.state.challenges.bind(
+                principal.tenant, challenge_id, f"{probe.model}:{probe.version}", face.embedding, threshold)
+    except ApiError as exc:
+        if exc.code == "liveness_failed":
+            svc.metrics.decisions.labels("verify", "liveness_failed").inc()
+            svc.audit.write("verify", tenant=principal.tenant, key_id=principal.key_id, decision="liveness_failed",
+                            reason=exc.extra.get("check"), pad_score=exc.extra.get("pad_score"),
+                            challenge_id=challenge_id, model=f"{probe.model}:{probe.version}",
+                            request_id=request_id(request))
+        raise
+    return pad_info, liveness
 
 
 @router.post("/identify", response_model=IdentifyResponse, summary="1:N: who in the gallery is this?",

@@ -200,6 +200,33 @@ def test_code_idempotency_conflict(acme, uid, problem) -> None:
     assert "different request" in body["detail"]
 
 
+def _still_frames(img, count: int = 4) -> list:
+    return [("frames", (f"f{i}.jpg", img.resized("obama.jpg", 400 + 8 * i))) for i in range(count)]
+
+
+def test_code_challenge_not_found(acme, img, problem) -> None:
+    issued = acme.post("/v1/liveness/challenges").json()
+    url = f"/v1/liveness/challenges/{issued['challenge_id']}/frames"
+    problem(acme.post(url, data={"nonce": "wrong"}, files=_still_frames(img)), 404, "challenge_not_found")
+    problem(acme.post("/v1/liveness/challenges/" + "0" * 32 + "/frames", data={"nonce": issued["nonce"]},
+                      files=_still_frames(img)), 404, "challenge_not_found")
+
+
+def test_code_challenge_used(acme, img, problem) -> None:
+    issued = acme.post("/v1/liveness/challenges").json()
+    url = f"/v1/liveness/challenges/{issued['challenge_id']}/frames"
+    first = acme.post(url, data={"nonce": issued["nonce"]}, files=_still_frames(img))
+    assert first.status_code == 200 and first.json()["decision"] == "not_live", first.text  # a still photo
+    problem(acme.post(url, data={"nonce": issued["nonce"]}, files=_still_frames(img)), 409, "challenge_used")
+
+
+def test_code_liveness_failed(acme, img, problem) -> None:
+    files = {"probe": img.photo("obama.jpg"), "reference": img.photo("obama2.jpg")}
+    body = problem(acme.post("/v1/verify", files=files, data={"liveness_challenge": "never-issued"}), 422,
+                   "liveness_failed")
+    assert body["check"] == "challenge"  # the PAD refusal: tests/gateway/test_liveness.py
+
+
 # ---- 401 / 403 ------------------------------------------------------------------------------------
 
 def test_code_unauthorized(gw, img, problem) -> None:

@@ -38,6 +38,8 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/detect"): "verify",
     ("POST", "/v1/verify"): "verify",
     ("POST", "/v1/identify"): "verify",
+    ("POST", "/v1/liveness/challenges"): "verify",
+    ("POST", "/v1/liveness/challenges/{challenge_id}/frames"): "verify",
     ("POST", "/v1/galleries"): "admin",
     ("GET", "/v1/galleries"): "enrol",
     ("GET", G): "enrol",
@@ -88,6 +90,8 @@ def request(client: httpx.Client, method: str, route: str, img, ids: dict[str, s
                                                                "subject_id": ids["subject_id"]})
     if route == "/v1/identify":
         return client.post(path, files={"probe": probe}, data={"gallery": ids["gallery_id"], "top_k": "100"})
+    if route.endswith("/frames"):
+        return client.post(path, data={"nonce": "not-issued"}, files=[("frames", probe)] * 4)
     if method == "POST" and route == "/v1/galleries":
         return client.post(path, json={"gallery_id": ids["new_gallery"]})
     if method == "POST" and route == S:
@@ -128,7 +132,9 @@ def test_other_tenant_gets_404_on_every_route_naming_a_resource(tenants, img, ui
     before = snapshot(acme)
     ids = {"gallery_id": "shared", "subject_id": "obama", "face_id": faces["obama"][0],
            "new_gallery": uid("b"), "new_subject": uid("s")}
-    naming = [(m, r) for (m, r), scope in SCOPES.items() if scope and ("{" in r or r in ("/v1/verify", "/v1/identify"))]
+    # (another tenant's liveness challenge: tests/gateway/test_liveness.py)
+    naming = [(m, r) for (m, r), scope in SCOPES.items()
+              if scope and ("{" in r or r in ("/v1/verify", "/v1/identify")) and "liveness" not in r]
     assert len(naming) == 12
     tried = 0
     # Round 1: globex has no gallery "shared". Round 2: it has one of its own (same id, other subjects).
@@ -197,7 +203,7 @@ def test_scopes_allow_exactly_their_routes(tenants, keys, img, uid, kind) -> Non
     # Ids that do not exist: an allowed call passes authorisation and ends in 404 (or 200 for detect,
     # 201 for creating a gallery), so nothing of anyone's is changed by this test.
     ids = {"gallery_id": uid("none"), "subject_id": "nobody", "face_id": "0" * 32, "new_gallery": uid("scope"),
-           "new_subject": "s"}
+           "new_subject": "s", "challenge_id": "0" * 32}
     with httpx.Client(base_url=gateway.url, headers={"X-API-Key": key} if key else {}, timeout=60) as client:
         for (method, route), scope in SCOPES.items():
             response = request(client, method, route, img, ids)

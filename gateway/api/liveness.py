@@ -1,0 +1,119 @@
+"""POST /v1/liveness/challenges and /v1/liveness/challenges/{id}/frames; the verify binding (docs/liveness.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from gateway import liveness, pad
+from gateway.api.common import BACKEND, IMAGE, image_body, iso, problems, request_id, services
+from gateway.api.recognition import analyze_all
+from gateway.auth import VerifyKey
+from gateway.challenges import Challenges
+from gateway.errors import ApiError
+from gateway.inputs import read_images
+from gateway.operating_points import embedder_name
+from gateway.schemas import ChallengeResponse, FramesForm, FramesJson, LivenessResult
+from gateway.store import now_ms
+from gateway.triton_client import Analysis
+
+router = APIRouter(prefix="/v1/liveness", tags=["liveness"])
+CONVENTION = ("unmirrored camera frames; turn_left = the person turns to their own left (nose towards the image's "
+              "right, yaw grows); look_up = chin up (pitch falls)")
+
+
+def challenges(request: Request) -> Challenges:
+    return request.app.state.challenges
+
+
+@router.post("/challenges", status_code=201, response_model=ChallengeResponse,
+             summary="Issue a head-movement challenge",
+             description="A random sequence of 2-3 distinct actions, a nonce and a deadline, stored server-side for "
+                         "one use. Capture a frontal frame, then a few frames per action in order, and send them "
+                         "to `/v1/liveness/challenges/{id}/frames` with the nonce before `expires_at`.",
+             responses=problems(*BACKEND, "forbidden"))
+async def issue(request: Request, principal: VerifyKey) -> dict:
+    settings = services(request).settings
+    actions = liveness.new_actions(allowed=settings.gateway_liveness_actions)
+    challenge = await challenges(request).issue(principal.tenant, actions)
+    return {"challenge_id": challenge.id, "nonce": challenge.nonce, "actions": actions,
+            "instructions": [liveness.INSTRUCTIONS[a] for a in actions], "expires_at": iso(challenge.deadline_ms),
+            "deadline_s": settings.gateway_liveness_deadline_s, "min_frames": len(actions) + 1,
+            "max_frames": settings.gateway_max_images_per_request, "yaw_deg": settings.gateway_liveness_yaw_deg,
+            "pitch_deg": settings.gateway_liveness_pitch_deg, "convention": CONVENTION}
+
+
+def _frame(data: bytes, analysis: Analysis, min_face_size: float) -> liveness.Frame:
+    usable = [f for f in analysis.faces if f.quality["face_size"] >= min_face_size]
+    if len(usable) != 1:
+        return liveness.Frame(liveness.digest(data), len(usable))
+    face = usable[0]
+    return liveness.Frame(liveness.digest(data), 1, face.quality["yaw"], face.quality["pitch"], face.quality["roll"],
+                          np.asarray(face.landmarks, np.float64), face.embedding, face.pad_score)
+
+
+@router.post("/challenges/{challenge_id}/frames", response_model=LivenessResult,
+             summary="Answer a challenge with the captured frames",
+             description="Frames in capture order (multipart `frames` parts, or JSON `frames` list) with the "
+                         "challenge's `nonce`. The decision: `live` (every step in order by one person), `not_live` "
+                         "(with the reason: expired, repeated_frame, identity_changed, unexpected_action, "
+                         "step_missing, pad_failed) or `inconclusive` (a frame without exactly one face: capture "
+                         "again). A challenge is answered once: a second submission is `challenge_used` (409).",
+             responses=problems(*IMAGE[:3], *BACKEND, "forbidden", "challenge_not_found", "challenge_used",
+                                "audit_unavailable"),
+             openapi_extra=image_body(FramesForm, FramesJson, {"frames": "the frames, repeated, in order"},
+                                      {"nonce": "kP3...", "frames": [{"image_base64": "/9j/4AAQ..."}]}))
+async def frames(challenge_id: str, request: Request, principal: VerifyKey) -> dict:
+    arrived = now_ms()
+    svc = services(request)
+    options, images = await read_images(request, FramesForm, FramesJson, {"frames": "many"})
+    store = challenges(request)
+    challenge = await store.get(principal.tenant, challenge_id, options.nonce)
+    found = images.get("frames", [])
+    if len(found) < len(challenge.actions) + 1:
+        raise ApiError("validation_error", f"{len(found)} frames; this challenge needs at least "
+                       f"{len(challenge.actions) + 1} (a frontal frame, then one or more per action)")
+    expired = arrived > challenge.deadline_ms
+    analyses: list[Analysis] = []
+    if not expired:  # an expired challenge is not worth the pipeline's time
+        analyses = await analyze_all(request, [(f"frames[{i}]", image) for i, image in enumerate(found)],
+                                     svc.settings.gateway_default_embedder, max_faces=4)
+    # Claimed after the pipeline ran, so a frame it refuses (400/413/415) does not use the challenge up.
+    if not await store.claim(principal.tenant, challenge.id, "frames"):
+        raise ApiError("challenge_used", f"challenge {challenge.id!r} was already answered; request a new one",
+                       challenge_id=challenge.id)
+    thresholds = liveness.Thresholds(svc.settings.gateway_liveness_yaw_deg, svc.settings.gateway_liveness_pitch_deg,
+                                     0.0)
+    model = version = ""
+    point = svc.settings.gateway_liveness_identity_point
+    if analyses:
+        model, version = analyses[0].model, analyses[0].version
+        if any((a.model, a.version) != (model, version) for a in analyses):  # a model rollout mid-request
+            raise ApiError("backend_unavailable", "the embedder model changed between frames; retry with a new "
+                           "challenge", retry_after=1)
+        identity = svc.points.decide(model, version, name=point).threshold
+        thresholds = liveness.Thresholds(thresholds.yaw_deg, thresholds.pitch_deg, identity)
+    observed = [_frame(image.data, analysis, svc.gate.min_face_size) for image, analysis in zip(found, analyses,
+                                                                                               strict=False)]
+    enforce = pad.policy(svc.settings, principal.tenant) == "enforce"
+    outcome = liveness.evaluate(challenge.actions, observed, thresholds, expired=expired,
+                                pad_threshold=svc.settings.gateway_pad_threshold if enforce else None)
+    live = outcome.decision == "live"
+    first = observed[0] if observed else None
+    await store.keep_result(challenge, outcome.decision, outcome.reason, f"{model}:{version}" if live else None,
+                            first.embedding if live and first is not None else None)
+    svc.metrics.decisions.labels("liveness", outcome.decision).inc()
+    svc.audit.write("liveness", tenant=principal.tenant, key_id=principal.key_id, challenge_id=challenge.id,
+                    decision=outcome.decision, reason=outcome.reason, actions=",".join(challenge.actions),
+                    pad_score=_lowest([f.pad_score for f in observed]),
+                    model=f"{model}:{version}" if model else None, request_id=request_id(request))
+    return {"challenge_id": challenge.id, "decision": outcome.decision, "reason": outcome.reason,
+            "detail": outcome.detail, "frame": outcome.frame, "actions": challenge.actions, "steps": outcome.steps,
+            "frames": outcome.frames, "identity_threshold": thresholds.identity, "identity_operating_point": point,
+            "model": {"embedder": embedder_name(model), "name": model, "version": version},
+            "request_id": request_id(request)}
+
+
+def _lowest(scores: list[float | None]) -> float | None:
+    present = [s for s in scores if s is not None]
+    return round(min(present), 6) if present else None
