@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     gateway_idempotency_ttl_s: int = 86400  # how long an Idempotency-Key's answer is kept and replayed
     # Liveness (docs/liveness.md). A challenge's frames must arrive within the deadline; a passed challenge can
     # bind one verify within the result TTL. Pose thresholds: the change from the first frame that counts as
-    # a turn / a look up or down (first defaults; their noise on LFW: `python -m gateway.liveness_bench`).
+    # a turn / a look up or down (first defaults; their noise on LFW: `python -m benchmarks.liveness`).
     gateway_liveness_deadline_s: float = 60.0
     gateway_liveness_result_ttl_s: float = 300.0
     gateway_liveness_yaw_deg: float = 15.0

@@ -24,7 +24,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from export.artifacts import photo_bytes
+from facestack.artifacts import photo_bytes
 from facestack.pipeline import pad as pad_contract
 from facestack.triton.launcher import TritonServer
 from gateway.audit import verify_chain

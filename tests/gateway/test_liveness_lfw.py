@@ -1,13 +1,13 @@
 """The liveness bars on LFW View 1's held-out people (DevTest's; thresholds were chosen on DevTrain's):
 genuine attempts made of a person's own photos pass at least 95 %; a still photo replayed never passes.
-Skipped where LFW is absent. The full measurement: `python -m gateway.liveness_bench` (docs/liveness.md)."""
+Skipped where LFW is absent. The full measurement: `python -m benchmarks.liveness` (docs/liveness.md)."""
 
 from __future__ import annotations
 
 import pytest
 
+from benchmarks.liveness import run
 from facestack.settings import get_settings
-from gateway.liveness_bench import run
 
 
 @pytest.fixture(scope="module")

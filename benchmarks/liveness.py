@@ -1,4 +1,4 @@
-"""`python -m gateway.liveness_bench`: the liveness challenge on LFW View 1 (docs/liveness.md).
+"""`python -m benchmarks.liveness`: the liveness challenge on LFW View 1 (docs/liveness.md).
 
 1. Genuine attempts: for people with several photos, a challenge's frames are the person's own photos whose
    measured yaw/pitch change from the first frame shows the asked movement (what a person following the
@@ -239,7 +239,7 @@ def run(root: Path, which: str, *, per_person: int, turn: float, tilt: float, re
         "still_photo_replay": replays(still_frames, th, 3, rng),
         "tilted_print_replay": replays(tilted_frames, th, 3, rng),
         "seconds": round(time.perf_counter() - started, 1),
-        "command": "python -m gateway.liveness_bench " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.liveness " + " ".join(sys.argv[1:]),
     }
 
 
@@ -262,7 +262,7 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.liveness_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.liveness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lfw", type=Path, default=REPO_ROOT.parent / "shared" / "datasets" / "lfw-view1")
     parser.add_argument("--people", choices=("train", "test", "all"), default="all")
