@@ -11,8 +11,9 @@ One gallery grows to each size in `--sizes` (default 100k and 1M templates, one 
   about 99 of 128 dimensions on 600 LFW templates), so the top 10 of a non-mated probe are near-ties in the
   tail of the impostor scores: the hardest case for an approximate index, and the realistic one.
 Rows go in through Store.bulk_insert_sync (the store's collections, subject records and index), then the
-server seals them (flush) and builds the index; searches are Store.search, the code identify runs (HNSW,
-the store's ef, Bounded consistency, tenant + gallery filter, orphan check), at concurrency 1 and 8.
+server seals them (flush) and builds the index; searches are Store.search, the code identify runs (`--index`:
+FLAT, the store's default, or HNSW with an ef sweep; Bounded consistency, tenant + gallery filter, orphan
+check), at concurrency 1 and 8.
 Recall@10: the 10 subjects found against exact cosine search (numpy over every vector), for every probe.
 Memory: the server's resident set (its process group) after the index is loaded.
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from facestack.settings import REPO_ROOT
 from gateway.metrics import Metrics
-from gateway.store import INDEX_PARAMS, MIN_EF, Store, template_collection
+from gateway.store import INDEX_PARAMS, INDEXES, MIN_EF, Store, template_collection
 from localstack.milvus_server import MilvusServer
 
 EF_SWEEP = (64, 128, 256, 512)  # concurrency 1 at each; concurrency 8 at the store's own ef (MIN_EF)
@@ -149,6 +150,7 @@ def main() -> int:
     parser.add_argument("--lfw", type=Path, default=LFW)
     parser.add_argument("--data-dir", type=Path, default=None, help="server data (default: a temporary directory)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench" / "milvus.json")
+    parser.add_argument("--index", choices=INDEXES, default="FLAT", help="template index (the store's default: FLAT)")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     rng = np.random.default_rng(0)
@@ -165,7 +167,7 @@ def main() -> int:
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="bench-milvus-"))
     results = []
     with MilvusServer(data / "server") as server:
-        store = Store(server.uri, timeout=60, workers=8, metrics=Metrics(), retry_after=1)
+        store = Store(server.uri, timeout=60, workers=8, metrics=Metrics(), retry_after=1, index=args.index)
         name = template_collection(MODEL, VERSION)
         vectors = np.zeros((0, real.shape[1]), np.float32)
         subjects: list[str] = []
@@ -200,7 +202,8 @@ def main() -> int:
                                "index_build_s": round(index_s, 1), "server_rss_mb": round(rss_bytes(server.proc.pid)
                                                                                          / 2**20)}
                 entry["runs"] = []
-                for ef, concurrency in [(ef, 1) for ef in EF_SWEEP] + [(MIN_EF, 8)]:
+                sweep = EF_SWEEP if args.index == "HNSW" else (MIN_EF,)  # ef means nothing to FLAT
+                for ef, concurrency in [(ef, 1) for ef in sweep] + [(MIN_EF, 8)]:
                     store.min_ef = ef
                     started = time.perf_counter()
                     lat, found = asyncio.run(measure(store, probes, concurrency))
@@ -209,7 +212,8 @@ def main() -> int:
                     m = len(mated_ids)
                     rank1 = np.mean([f[:1] == [i] for f, i in zip(found, mated_ids, strict=False)])
                     exact_rank1 = np.mean([e[:1] == [i] for e, i in zip(exact, mated_ids, strict=False)])
-                    entry["runs"].append({"ef": ef, "concurrency": concurrency, "p50_ms": pct(lat, 50),
+                    entry["runs"].append({"ef": ef if args.index == "HNSW" else None, "concurrency": concurrency,
+                                          "p50_ms": pct(lat, 50),
                                           "p99_ms": pct(lat, 99), "searches_per_s": round(len(probes) / wall, 1),
                                           "recall_at_10": round(float(np.mean(recall)), 4),
                                           "recall_at_10_mated": round(float(np.mean(recall[:m])), 4),
@@ -224,9 +228,11 @@ def main() -> int:
             store.close()
 
     load = os.getloadavg()
+    hnsw = args.index == "HNSW"
     report = {"command": "make bench-milvus", "server": "Milvus 2.3.5 standalone (PyPI milvus==2.3.5)",
-              "index": {"type": "HNSW", "metric": "COSINE", **INDEX_PARAMS},
-              "search": {"store_ef": f"max({MIN_EF}, hits asked for, 2 * top_k at first)", "ef_sweep": EF_SWEEP,
+              "index": {"type": args.index, "metric": "COSINE", **INDEX_PARAMS[args.index]},
+              "search": {"store_ef": f"max({MIN_EF}, hits asked for, 2 * top_k at first)" if hnsw else None,
+                         "ef_sweep": EF_SWEEP if hnsw else None,
                          "top_k": TOP_K, "consistency": "Bounded"},
               "probes": {"mated": len(mated_ids), "non_mated": len(probes) - len(mated_ids)},
               "real_templates": len(real), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -242,7 +248,8 @@ def main() -> int:
     for r in results:
         for m in r["runs"]:
             print(f"{r['templates']:>10,} {r['insert_rows_per_s']:>9,} {r['index_build_s']:>8} {r['server_rss_mb']:>7} "
-                  f"{m['ef']:>4} {m['concurrency']:>4} {m['p50_ms']:>7} {m['p99_ms']:>7} {m['searches_per_s']:>8} "
+                  f"{m['ef'] or '-':>4} {m['concurrency']:>4} {m['p50_ms']:>7} {m['p99_ms']:>7} "
+                  f"{m['searches_per_s']:>8} "
                   f"{m['recall_at_10']:>9} {m['recall_at_10_mated']:>6} {m['recall_at_10_non_mated']:>6} "
                   f"{m['mated_rank1']:>7} {m['loadavg_1m']:>5}")
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; wrote {args.out}")

@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       timeout=settings.gateway_milvus_timeout_s, workers=settings.gateway_milvus_workers,
                       metrics=metrics, retry_after=settings.gateway_backend_retry_after_s,
                       queue=settings.gateway_milvus_queue,
-                      bounded_staleness_s=settings.milvus_bounded_staleness_s)
+                      bounded_staleness_s=settings.milvus_bounded_staleness_s, index=settings.milvus_index)
         await triton.start()
         await store.start()
         audit = AuditLog(audit_target(settings), retry_after=settings.gateway_backend_retry_after_s)

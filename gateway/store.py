@@ -73,11 +73,14 @@ TEMPLATE_PREFIX = "facestack_templates_"
 ID_BYTES = 512  # ids are up to 128 characters; VARCHAR lengths count UTF-8 bytes
 MAX_QUERY_WINDOW = 16384  # Milvus caps offset + limit of a query or search
 CREATE_ATTEMPTS = 6  # create gallery/subject: tries when another replica creates the same id at the same time
-# HNSW: sub-linear search on a server to millions of templates (Lite scans whatever the index); docs/benchmarks.md
-INDEX_PARAMS = {"M": 16, "efConstruction": 200}
-# search ef: max(MIN_EF, hits asked for). SFace templates are nearly isotropic in 128 dimensions, which is hard
-# for HNSW: at 100k templates ef 64 found the mated subject first for 85 % of probes, ef 256 for 94 %, ef 512
-# for 95 % (docs/benchmarks.md, make bench-milvus); 256 is the latency/accuracy compromise.
+# Template vector index (FACESTACK_MILVUS_INDEX). FLAT, the default: exact search, recall 1 by construction; at
+# 1M templates on the 2-core dev VM's Milvus 2.3.5 server p50/p99 27/35 ms (docs/benchmarks.md). HNSW: sub-linear,
+# for galleries well past that per query node, but SFace templates are nearly isotropic in 128 dimensions, hard
+# for a graph index: at 100k, ef 512 found only 94 % of the exact top 10. Lite scans whatever the index.
+INDEXES = ("FLAT", "HNSW")
+INDEX_PARAMS = {"FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}}
+# HNSW search ef: max(MIN_EF, hits asked for): at 100k templates ef 64 found the mated subject first for 85 % of
+# probes, ef 256 for 94 %, ef 512 for 95 % (make bench-milvus); 256 is the latency/accuracy compromise.
 MIN_EF = 256
 _PLACEHOLDER = [0.0, 0.0]
 
@@ -131,7 +134,10 @@ def _pick(rows: list[dict]) -> dict:
 class Store:
     def __init__(self, uri: str, token: str = "", *, timeout: float, workers: int, metrics: Metrics,
                  retry_after: int, queue: int = 32, bounded_staleness_s: float = 5.0,
-                 min_ef: int = MIN_EF) -> None:
+                 min_ef: int = MIN_EF, index: str = "FLAT") -> None:
+        if index not in INDEXES:
+            raise ValueError(f"unknown Milvus index {index!r}; one of {', '.join(INDEXES)}")
+        self.index = index  # for template collections this process creates; an existing one keeps its own
         self.uri = uri
         self.lite = uri.endswith(".db")
         self.token = token
@@ -146,6 +152,7 @@ class Store:
         self._connect_lock = threading.Lock()
         self._client: MilvusClient | None = None
         self._known: set[str] = set()  # collections created and loaded by this process
+        self._index_of: dict[str, str] = {}  # template collection -> its vector index type
         self._written: dict[str, float] = {}  # collection -> monotonic time of this process' last write
 
     # ---- plumbing --------------------------------------------------------------------------------
@@ -182,8 +189,7 @@ class Store:
         client.load_collection(name, timeout=max(self.timeout, 120.0))  # a reopened Lite file replays its WAL
         self._known.add(name)
 
-    @staticmethod
-    def _schema(client: MilvusClient, name: str, dim: int) -> tuple[Any, Any]:
+    def _schema(self, client: MilvusClient, name: str, dim: int) -> tuple[Any, Any]:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         index = client.prepare_index_params()
         templates = name.startswith(TEMPLATE_PREFIX)
@@ -199,7 +205,7 @@ class Store:
         if templates:
             schema.add_field("model", DataType.VARCHAR, max_length=128)  # e.g. face_embedder:1
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-            index.add_index("vector", index_type="HNSW", metric_type="COSINE", params=INDEX_PARAMS)
+            index.add_index("vector", index_type=self.index, metric_type="COSINE", params=INDEX_PARAMS[self.index])
             return schema, index
         if name == GALLERIES:
             schema.add_field("embedder", DataType.VARCHAR, max_length=32)
@@ -621,6 +627,13 @@ class Store:
                      consistency_level=self._level(SUBJECTS))
         return {pks[r["pk"]] for r in rows if r["pk"] in pks}
 
+    def _search_params(self, c: MilvusClient, collection: str, limit: int) -> dict:
+        """The template index's search parameters: HNSW's ef (none for FLAT)."""
+        if collection not in self._index_of:
+            info = c.describe_index(collection, "vector", timeout=self.timeout) or {}
+            self._index_of[collection] = str(info.get("index_type", self.index))
+        return {"ef": max(self.min_ef, limit)} if self._index_of[collection] == "HNSW" else {}
+
     async def search(self, tenant: str, gallery: str, model: str, version: str, vector: np.ndarray, top_k: int,
                      max_per_subject: int) -> list[Hit]:
         """1:N: the top_k most similar distinct subjects of the gallery (Bounded consistency).
@@ -642,7 +655,7 @@ class Store:
             while True:
                 found = c.search(name, data=data, filter=flt, limit=limit, output_fields=["subject", "generation"],
                                  anns_field="vector",
-                                 search_params={"metric_type": "COSINE", "params": {"ef": max(self.min_ef, limit)}},
+                                 search_params={"metric_type": "COSINE", "params": self._search_params(c, name, limit)},
                                  consistency_level=self._level(name), timeout=self.timeout)[0]
                 best: dict[tuple[str, str], Hit] = {}
                 for hit in found:
