@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     # Bounded-consistency staleness of the Milvus server (its common.gracefulTime, default 5000 ms): an erasure
     # receipt waits this long so that no replica's read returns the erased data (docs/gateway.md)
     milvus_bounded_staleness_s: float = 5.0
-    # Vector index of new template collections: FLAT (exact; measured p99 35 ms at 1M templates) or HNSW
+    # Vector index of new template collections: FLAT (exact; measured p99 40-46 ms at 1M templates, 2 cores) or HNSW
     # (approximate, for far larger galleries per query node; recall below 0.99 on SFace templates)
     milvus_index: Literal["FLAT", "HNSW"] = "FLAT"
     api_key: SecretStr | None = None  # FACESTACK_API_KEY: an all-scopes key for tenant "default"

@@ -74,7 +74,7 @@ ID_BYTES = 512  # ids are up to 128 characters; VARCHAR lengths count UTF-8 byte
 MAX_QUERY_WINDOW = 16384  # Milvus caps offset + limit of a query or search
 CREATE_ATTEMPTS = 6  # create gallery/subject: tries when another replica creates the same id at the same time
 # Template vector index (FACESTACK_MILVUS_INDEX). FLAT, the default: exact search, recall 1 by construction; at
-# 1M templates on the 2-core dev VM's Milvus 2.3.5 server p50/p99 27/35 ms (docs/benchmarks.md). HNSW: sub-linear,
+# 1M templates on the 2-core dev VM's Milvus 2.3.5 server p50/p99 24/40-46 ms (docs/benchmarks.md). HNSW: sub-linear,
 # for galleries well past that per query node, but SFace templates are nearly isotropic in 128 dimensions, hard
 # for a graph index: at 100k, ef 512 found only 94 % of the exact top 10. Lite scans whatever the index.
 INDEXES = ("FLAT", "HNSW")
@@ -94,6 +94,9 @@ def _not_loaded(exc: MilvusException) -> bool:
     # Milvus' ErrCollectionNotLoaded is code 101 ("collection not loaded" / "in state 'released'").
     message = (getattr(exc, "message", "") or str(exc)).lower()
     return getattr(exc, "code", None) == 101 or "not loaded" in message or "state 'released'" in message
+
+
+KEY_DIGITS = 32  # record keys: 16-byte blake2b digests in hex
 
 
 def record_key(*parts: str) -> str:
@@ -116,7 +119,7 @@ def new_generation() -> str:
 
 def is_cursor(value: str) -> bool:
     """A list cursor is a record's primary key: 32 lower-case hex digits."""
-    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+    return len(value) == KEY_DIGITS and all(c in "0123456789abcdef" for c in value)
 
 
 @dataclass(frozen=True)
@@ -386,13 +389,41 @@ class Store:
     def _page(self, c: MilvusClient, collection: str, flt: str, fields: list[str], limit: int, offset: int,
               after: str | None) -> list[dict]:
         """One page in primary-key order: from `after` (a cursor: the last key of the previous page) or `offset`
-        (at most MAX_QUERY_WINDOW deep). The iterator flags make Milvus merge segments in key order."""
+        (at most MAX_QUERY_WINDOW deep: the first offset + limit rows, sliced)."""
         if after is not None:
-            flt, offset = f"pk > {quote(after)} and ({flt})", 0
-        rows = c.query(collection, filter=flt, output_fields=["pk", *fields], limit=limit, offset=offset,
-                       timeout=self.timeout, consistency_level=self._level(collection),
-                       iterator="True", reduce_stop_for_best="False")
-        return sorted((dict(r) for r in rows), key=lambda r: r["pk"])
+            return self._page_after(c, collection, flt, fields, limit, after)
+        return self._page_after(c, collection, flt, fields, offset + limit, None)[offset:]
+
+    def _page_after(self, c: MilvusClient, collection: str, flt: str, fields: list[str], limit: int,
+                    after: str | None) -> list[dict]:
+        """The first `limit` rows with a key above `after` (None: from the first key), in key order. A limited
+        query is not enough: a Milvus 2.3 server does not return a segment's rows in key order (with or without
+        its iterator flags), so such pages skipped rows past ~16k. Instead the page comes from a key range
+        [after, upper) small enough to be read whole and sorted here; keys are uniform hex digests of
+        KEY_DIGITS digits, so a range's width predicts how many rows it holds (about twice `limit`), and a count
+        checks it before the read."""
+        level = self._level(collection)
+        base = flt if after is None else f"pk > {quote(after)} and ({flt})"
+        top = 16 ** KEY_DIGITS
+        start = 0 if after is None else int(after, 16)
+        total = self._count(c, collection, base, level)
+        width = max(1, (top - start) * min(1.0, 2 * limit / max(total, 1))) if total > MAX_QUERY_WINDOW else top
+        for _ in range(64):
+            upper = start + int(width)
+            ranged = base if upper >= top else f"{base} and pk < {quote(format(upper, f'0{KEY_DIGITS}x'))}"
+            n = total if upper >= top else self._count(c, collection, ranged, level)
+            if n > MAX_QUERY_WINDOW:
+                width /= 2
+            elif n < limit and upper < top:
+                width *= 2
+            else:  # read the range whole; room above the count for rows written since (else: a smaller range)
+                room = min(MAX_QUERY_WINDOW, n + max(16, n // 4))
+                rows = c.query(collection, filter=ranged, output_fields=["pk", *fields], limit=room,
+                               timeout=self.timeout, consistency_level=level)
+                if len(rows) < room:
+                    return sorted((dict(r) for r in rows), key=lambda r: r["pk"])[:limit]
+                width /= 2
+        raise ApiError("backend_unavailable", "Milvus: no key range of a listable size", retry_after=self.retry_after)
 
     async def list_galleries(self, tenant: str, limit: int, offset: int,
                              after: str | None = None) -> tuple[list[dict], int]:
