@@ -72,13 +72,14 @@ SUBJECTS = "facestack_subjects"
 TEMPLATE_PREFIX = "facestack_templates_"
 ID_BYTES = 512  # ids are up to 128 characters; VARCHAR lengths count UTF-8 bytes
 MAX_QUERY_WINDOW = 16384  # Milvus caps offset + limit of a query or search
+PAGE_CHUNK = MAX_QUERY_WINDOW // 4  # rows one key-range read of a list returns at most
 CREATE_ATTEMPTS = 6  # create gallery/subject: tries when another replica creates the same id at the same time
 # Template vector index (FACESTACK_MILVUS_INDEX). FLAT, the default: exact search, recall 1 by construction; at
 # 1M templates on the 2-core dev VM's Milvus 2.3.5 server p50/p99 24/40-46 ms (docs/benchmarks.md). HNSW: sub-linear,
 # for galleries well past that per query node, but SFace templates are nearly isotropic in 128 dimensions, hard
 # for a graph index: at 100k, ef 512 found only 94 % of the exact top 10. Lite scans whatever the index.
-INDEXES = ("FLAT", "HNSW")
 INDEX_PARAMS = {"FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}}
+INDEXES = tuple(INDEX_PARAMS)
 # HNSW search ef: max(MIN_EF, hits asked for): at 100k templates ef 64 found the mated subject first for 85 % of
 # probes, ef 256 for 94 %, ef 512 for 95 % (make bench-milvus); 256 is the latency/accuracy compromise.
 MIN_EF = 256
@@ -392,7 +393,14 @@ class Store:
         (at most MAX_QUERY_WINDOW deep: the first offset + limit rows, sliced)."""
         if after is not None:
             return self._page_after(c, collection, flt, fields, limit, after)
-        return self._page_after(c, collection, flt, fields, offset + limit, None)[offset:]
+        rows: list[dict] = []  # an offset page: walk key-ordered chunks from the first key, then slice
+        while len(rows) < offset + limit:
+            want = min(offset + limit - len(rows), PAGE_CHUNK)
+            chunk = self._page_after(c, collection, flt, fields, want, rows[-1]["pk"] if rows else None)
+            rows += chunk
+            if len(chunk) < want:  # the end of the list
+                break
+        return rows[offset:offset + limit]
 
     def _page_after(self, c: MilvusClient, collection: str, flt: str, fields: list[str], limit: int,
                     after: str | None) -> list[dict]:
@@ -402,6 +410,7 @@ class Store:
         [after, upper) small enough to be read whole and sorted here; keys are uniform hex digests of
         KEY_DIGITS digits, so a range's width predicts how many rows it holds (about twice `limit`), and a count
         checks it before the read."""
+        assert limit <= PAGE_CHUNK  # a range aimed at 2 * limit rows then always fits one read
         level = self._level(collection)
         base = flt if after is None else f"pk > {quote(after)} and ({flt})"
         top = 16 ** KEY_DIGITS
