@@ -39,7 +39,7 @@ from facestack.pipeline.faces import FacePipeline, Options
 from facestack.pipeline.image import decode_reduced
 from facestack.pipeline.runtime import InProcessModels, embedder_specs
 from facestack.settings import REPO_ROOT
-from facestack.triton import client as pipeline_client
+from facestack.triton import contract as pipeline_client
 from facestack.triton.launcher import TritonServer
 
 THREADS = 2  # onnxruntime threads per session, as config.pbtxt runs them

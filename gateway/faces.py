@@ -12,10 +12,17 @@ import numpy as np
 
 from facestack.pipeline import choice
 from facestack.pipeline.quality import GATE_WORDS, QualityGate
+from facestack.triton.contract import Analysis, DetectedFace
 from gateway.errors import ApiError
-from gateway.triton_client import Analysis, DetectedFace
 
-__all__ = ["Chosen", "QualityGate", "select"]
+__all__ = ["Chosen", "QualityGate", "face_json", "select"]
+
+
+def face_json(face: DetectedFace) -> dict:
+    """A face as the API shows it (rounded)."""
+    return {"box": [round(float(v), 2) for v in face.box], "score": round(face.score, 4),
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
+            "quality": {k: round(v, 3) for k, v in face.quality.items()}}
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,7 @@ class Chosen:
         return self.face.embedding
 
     def public(self) -> dict:
-        return {**self.face.public(), "selection": {"policy": self.policy, "reason": choice.WHY[self.reason],
+        return {**face_json(self.face), "selection": {"policy": self.policy, "reason": choice.WHY[self.reason],
                                                    "faces_found": self.faces_found}}
 
 

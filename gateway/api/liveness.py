@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Request
 
+from facestack.triton.contract import Analysis
 from gateway import liveness, pad
 from gateway.api.common import BACKEND, IMAGE, image_body, iso, problems, request_id, services
 from gateway.api.recognition import analyze_all
@@ -15,7 +16,6 @@ from gateway.inputs import read_images
 from gateway.operating_points import embedder_name
 from gateway.schemas import ChallengeResponse, FramesForm, FramesJson, LivenessResult
 from gateway.store import now_ms
-from gateway.triton_client import Analysis
 
 router = APIRouter(prefix="/v1/liveness", tags=["liveness"])
 CONVENTION = ("unmirrored camera frames; turn_left = the person turns to their own left (nose towards the image's "

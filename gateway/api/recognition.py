@@ -8,11 +8,12 @@ from collections.abc import Awaitable
 import numpy as np
 from fastapi import APIRouter, Request
 
+from facestack.triton.contract import Analysis
 from gateway import pad
 from gateway.api.common import BACKEND, IMAGE, image_body, problems, request_id, services
 from gateway.auth import Principal, VerifyKey
 from gateway.errors import ApiError
-from gateway.faces import Chosen, select
+from gateway.faces import Chosen, face_json, select
 from gateway.images import ImageData
 from gateway.inputs import read_images
 from gateway.operating_points import embedder_name
@@ -27,7 +28,6 @@ from gateway.schemas import (
     VerifyJson,
     VerifyResponse,
 )
-from gateway.triton_client import Analysis
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
 _B64 = {"image_base64": "/9j/4AAQSkZJRgABAQAAAQABAAD..."}
@@ -64,7 +64,7 @@ async def detect(request: Request, principal: VerifyKey) -> dict:
     (analysis,) = await analyze_all(request, [("image", images["image"][0])], svc.settings.gateway_default_embedder,
                                     options.max_faces)
     svc.metrics.faces.labels("detect").observe(len(analysis.faces))
-    return {"faces": [f.public() for f in analysis.faces],
+    return {"faces": [face_json(f) for f in analysis.faces],
             "image": {"width": analysis.width, "height": analysis.height}, "request_id": request_id(request)}
 
 
