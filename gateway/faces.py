@@ -15,7 +15,12 @@ from facestack.pipeline.quality import GATE_WORDS, QualityGate
 from facestack.triton.contract import Analysis, DetectedFace
 from gateway.errors import ApiError
 
-__all__ = ["Chosen", "QualityGate", "face_json", "select"]
+__all__ = ["Chosen", "QualityGate", "face_json", "model_json", "select"]
+
+
+def model_json(analysis: Analysis) -> dict:
+    """The model an answer's templates come from, as the API shows it."""
+    return {"embedder": analysis.embedder, "name": analysis.model, "version": analysis.version}
 
 
 def face_json(face: DetectedFace) -> dict:

@@ -210,4 +210,4 @@ class TritonPipeline:
             self.bulkhead.release()
             self.metrics.triton.labels(outcome).observe(elapsed)
             record("triton", started, started + elapsed)
-        return parse_result(result)
+        return parse_result(result, embedder)

@@ -25,10 +25,8 @@ import numpy as np
 from facestack.pipeline import choice, quality
 from facestack.settings import REPO_ROOT, get_settings
 from facestack.triton.contract import MODEL, Analysis, build_request, image_error, parse_result
+from facestack.triton.model_config import pipeline_parameters
 
-EMBEDDER_MODELS = {"sface": "face_embedder", "dlib": "face_embedder_dlib"}
-DETECTOR_MODEL = "face_detector"
-PIPELINE_MODEL = "face_pipeline"
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "accuracy"
 MAX_FACES = 16
 FACE_CHOICES = choice.RULES
@@ -83,8 +81,11 @@ def _sha256(data: bytes) -> str:
 def fingerprint(embedder: str, repository: Path | None = None) -> dict:
     """What decides the pipeline's output for one embedder: model files, pipeline code, pipeline config."""
     repository = Path(repository or get_settings().model_repository)
+    served = pipeline_parameters(repository, "")  # the config the local launcher serves
+    if embedder not in served.embedders:
+        raise ValueError(f"unknown embedder {embedder!r}; choose one of {sorted(served.embedders)}")
     models = {}
-    for model in (DETECTOR_MODEL, EMBEDDER_MODELS[embedder]):
+    for model in (served.detector_model, served.embedders[embedder]):
         manifests = sorted((repository / model).glob("*/manifest.json"), key=lambda p: int(p.parent.name))
         if not manifests:
             raise FileNotFoundError(f"no exported {model} under {repository} (run `python -m export`)")
@@ -92,10 +93,12 @@ def fingerprint(embedder: str, repository: Path | None = None) -> dict:
         models[model] = {"version": manifests[-1].parent.name, "sha256": manifest["output"]["sha256"],
                          "alignment": manifest.get("alignment")}
     code = hashlib.sha256()
+    triton = REPO_ROOT / "facestack" / "triton"
     for path in sorted((REPO_ROOT / "facestack" / "pipeline").glob("*.py")) + [
-            REPO_ROOT / "facestack" / "triton" / "backend.py", repository / PIPELINE_MODEL / "config.pbtxt"]:
+            triton / "backend.py", triton / "model_config.py", repository / MODEL / "config.pbtxt"]:
         code.update(path.name.encode() + b"\0" + path.read_bytes())
-    parts = {"embedder": embedder, "models": models, "pipeline": code.hexdigest(), "max_faces": MAX_FACES}
+    parts = {"embedder": embedder, "embedder_model": served.embedders[embedder], "models": models,
+             "pipeline": code.hexdigest(), "max_faces": MAX_FACES}
     parts["id"] = _sha256(json.dumps(parts, sort_keys=True).encode())[:16]
     return parts
 
@@ -206,8 +209,6 @@ def embed_images(paths: Sequence[Path], embedder: str, *, url: str | None = None
 
     Without `url`, a local TritonServer (facestack.triton.launcher) is started only if some image is not cached.
     """
-    if embedder not in EMBEDDER_MODELS:
-        raise ValueError(f"unknown embedder {embedder!r}; choose one of {sorted(EMBEDDER_MODELS)}")
     path, meta = cache_path(embedder, cache_dir, repository)
     cache = EmbeddingCache(path, meta)
     stats = EmbedStats(images=len(paths))

@@ -53,6 +53,7 @@ class Analysis:
     quality: np.ndarray  # [F, len(QUALITY_FIELDS)]
     model: str = ""  # the Triton model of the embeddings, e.g. face_embedder
     version: str = ""
+    embedder: str = ""  # the embedder name the request asked for, e.g. sface ("": the pipeline's default)
     pad_scores: np.ndarray | None = None  # [F], only while a face_pad model runs
 
     def __len__(self) -> int:
@@ -131,8 +132,8 @@ def _squeeze(array: np.ndarray, ndim: int) -> np.ndarray:
     return array
 
 
-def parse_result(result) -> Analysis:
-    """An InferResult of face_pipeline (one image, batched or not) as an Analysis."""
+def parse_result(result, embedder: str = "") -> Analysis:
+    """An InferResult of face_pipeline (one image, batched or not) as an Analysis; `embedder`: as requested."""
     def get(name: str, ndim: int) -> np.ndarray:
         return _squeeze(result.as_numpy(name), ndim)
 
@@ -144,7 +145,8 @@ def parse_result(result) -> Analysis:
         boxes=get("BOXES", 2).reshape(-1, 4), scores=get("SCORES", 1).reshape(-1),
         landmarks=get("LANDMARKS", 3).reshape(-1, 5, 2), embeddings=get("EMBEDDINGS", 2),
         image_size=(height, width), quality=get("QUALITY", 2).reshape(-1, len(QUALITY_FIELDS)),
-        model=model, version=version or "1", pad_scores=None if pad is None else _squeeze(pad, 1).reshape(-1))
+        model=model, version=version or "1", embedder=embedder,
+        pad_scores=None if pad is None else _squeeze(pad, 1).reshape(-1))
 
 
 def image_error(message: str) -> tuple[str, str] | None:
@@ -158,4 +160,4 @@ def infer(client, image: bytes, **options) -> Analysis:
     import tritonclient.grpc as grpcclient
 
     inputs, outputs = build_request(grpcclient, image, **options)
-    return parse_result(client.infer(MODEL, inputs, outputs=outputs))
+    return parse_result(client.infer(MODEL, inputs, outputs=outputs), options.get("embedder") or "")

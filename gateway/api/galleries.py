@@ -18,10 +18,9 @@ from gateway.api.common import BACKEND, IMAGE, image_body, iso, problems, reques
 from gateway.api.recognition import analyze_all
 from gateway.auth import AdminKey, EnrolKey, Principal
 from gateway.errors import ApiError
-from gateway.faces import select
+from gateway.faces import model_json, select
 from gateway.images import ImageData
 from gateway.inputs import read_images
-from gateway.operating_points import embedder_name
 from gateway.schemas import (
     EnrolForm,
     EnrolJson,
@@ -292,7 +291,7 @@ async def _enrol(request: Request, principal: Principal, gallery_id: str, subjec
     svc.audit.write("enrol", tenant=tenant, key_id=principal.key_id, gallery=gallery_id, subject=subject_id,
                     face_ids=face_ids, faces=len(face_ids), model=f"{model}:{version}", request_id=request_id(request))
     return {"gallery_id": gallery_id, "subject_id": subject_id,
-            "model": {"embedder": embedder_name(model), "name": model, "version": version},
+            "model": model_json(analyses[0]),
             "faces": [{"face_id": fid, "image_index": i, "face": f.public()}
                       for i, (fid, f) in enumerate(zip(face_ids, faces, strict=True))],
             "request_id": request_id(request)}

@@ -12,8 +12,8 @@ from gateway.api.recognition import analyze_all
 from gateway.auth import VerifyKey
 from gateway.challenges import Challenges
 from gateway.errors import ApiError
+from gateway.faces import model_json
 from gateway.inputs import read_images
-from gateway.operating_points import embedder_name
 from gateway.schemas import ChallengeResponse, FramesForm, FramesJson, LivenessResult
 from gateway.store import now_ms
 
@@ -110,7 +110,7 @@ async def frames(challenge_id: str, request: Request, principal: VerifyKey) -> d
     return {"challenge_id": challenge.id, "decision": outcome.decision, "reason": outcome.reason,
             "detail": outcome.detail, "frame": outcome.frame, "actions": challenge.actions, "steps": outcome.steps,
             "frames": outcome.frames, "identity_threshold": thresholds.identity, "identity_operating_point": point,
-            "model": {"embedder": embedder_name(model), "name": model, "version": version},
+            "model": model_json(analyses[0]) if analyses else {"embedder": "", "name": "", "version": ""},
             "request_id": request_id(request)}
 
 

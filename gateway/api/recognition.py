@@ -13,10 +13,9 @@ from gateway import pad
 from gateway.api.common import BACKEND, IMAGE, image_body, problems, request_id, services
 from gateway.auth import Principal, VerifyKey
 from gateway.errors import ApiError
-from gateway.faces import Chosen, face_json, select
+from gateway.faces import Chosen, face_json, model_json, select
 from gateway.images import ImageData
 from gateway.inputs import read_images
-from gateway.operating_points import embedder_name
 from gateway.schemas import (
     DetectForm,
     DetectJson,
@@ -122,7 +121,7 @@ async def verify(request: Request, principal: VerifyKey) -> dict:
 
     pad_info, liveness = await _liveness_checks(request, principal, options.liveness_challenge, face, probe)
     match = score >= decision.threshold
-    model = {"embedder": embedder_name(probe.model), "name": probe.model, "version": probe.version}
+    model = model_json(probe)
     svc.metrics.decisions.labels("verify", "match" if match else "no_match").inc()
     svc.audit.write("verify", tenant=principal.tenant, key_id=principal.key_id, gallery=options.gallery,
                     subject=options.subject_id, similarity=round(score, 6), threshold=decision.threshold,
@@ -198,5 +197,5 @@ async def identify(request: Request, principal: VerifyKey) -> dict:
             "candidates": [{"subject_id": h.subject, "similarity": round(h.similarity, 6), "face_id": h.face_id}
                            for h in shown],
             "threshold": decision.threshold, "operating_point": decision.as_dict(), "templates_searched": templates,
-            "model": {"embedder": embedder_name(probe.model), "name": probe.model, "version": probe.version},
+            "model": model_json(probe),
             "gallery": options.gallery, "probe_face": face.public(), "request_id": request_id(request)}
