@@ -95,7 +95,8 @@ async def verify(request: Request, principal: VerifyKey, settings: deps.Settings
     else:
         embedder = options.embedder or settings.gateway_default_embedder
         probe, reference = await analyze_all(triton, [("probe", images["probe"][0]),
-                                                       ("reference", images["reference"][0])], embedder)
+                                                      ("reference", images["reference"][0])], embedder,
+                                             request_id=rid)
         face = select(probe, policy=policy, gate=gate, field="probe")
         other = select(reference, policy=policy, gate=gate, field="reference")
         if (probe.model, probe.version) != (reference.model, reference.version):  # a model rollout mid-request
