@@ -33,10 +33,11 @@ from facestack.artifacts import PHOTOS, REPO_ROOT, photo_bytes
 from facestack.pipeline import choice
 from facestack.pipeline.faces import FacePipeline, Options, l2_normalise
 from facestack.pipeline.image import ImageError
-from facestack.pipeline.runtime import InProcessModels, embedder_specs, latest_version, onnx_session
+from facestack.pipeline.runtime import InProcessModels, embedder_specs, latest_version, onnx_session, session_options
+from facestack.triton.model_config import pipeline_parameters
 
 REPOSITORY = REPO_ROOT / "model_repository"
-MODEL = "face_embedder"
+MODEL = pipeline_parameters(REPOSITORY).embedders["sface"]  # the served SFace model
 
 
 def aligned_crops(images: dict[str, bytes]) -> dict[str, np.ndarray]:
@@ -50,7 +51,7 @@ def aligned_crops(images: dict[str, bytes]) -> dict[str, np.ndarray]:
         captured.append(crops)
         return np.ones((len(crops), specs[0].dim), np.float32)
 
-    pipeline = FacePipeline(models.detect, capture, specs)
+    pipeline = FacePipeline(models.detect, capture, specs, pipeline_parameters(REPOSITORY))
     out: dict[str, np.ndarray] = {}
     for key, data in images.items():
         captured.clear()
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                               ("int8 QDQ, Percentile", q.CalibrationMethod.Percentile)):
             models[label] = Path(tmp) / f"{method.name}.onnx"
             quantise(fp32, calib, models[label], method)
-        sessions = {name: onnx_session(path, threads=1) for name, path in models.items()}
+        sessions = {name: onnx_session(path, session_options(1)) for name, path in models.items()}
         b1 = ms_per_face(sessions, 1, args.runs)
         b8 = ms_per_face(sessions, 8, max(5, args.runs // 2))
         sizes = {name: path.stat().st_size / 1e6 for name, path in models.items()}
