@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -45,6 +46,7 @@ from facestack.artifacts import Artifact, pypi, sha256_file
 from facestack.pipeline import mesh
 
 OPSET = 13
+HASH_SEED = "0"
 FACE_LANDMARK = pypi("mediapipe", "0.10.21", "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
                      "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
                      "mediapipe/modules/face_landmark/face_landmark.tflite",
@@ -249,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=artifacts.REPO_ROOT / ".data" / "face_mesh" / "1")
     args = parser.parse_args(argv)
+    if os.environ.get("PYTHONHASHSEED") != HASH_SEED:
+        # tf2onnx's optimiser walks sets of names (which of two identical MaxPools survives, what constants are
+        # called), so the file's bytes follow Python's hash seed: convert under a fixed one, reproducibly.
+        argv = sys.argv[1:] if argv is None else argv
+        os.execve(sys.executable, [sys.executable, "-m", "export.facemesh", *argv],
+                  {**os.environ, "PYTHONHASHSEED": HASH_SEED})
     started = time.perf_counter()
     try:
         manifest = export(args.out)
