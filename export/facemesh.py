@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -46,7 +45,6 @@ from facestack.artifacts import Artifact, pypi, sha256_file
 from facestack.pipeline import mesh
 
 OPSET = 13
-HASH_SEED = "0"
 FACE_LANDMARK = pypi("mediapipe", "0.10.21", "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
                      "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
                      "mediapipe/modules/face_landmark/face_landmark.tflite",
@@ -89,8 +87,35 @@ def convert(tflite: Path) -> onnx.ModelProto:
             dims.dim.add().dim_param = "N" if d == -1 else ""
             if d != -1:
                 dims.dim[-1].dim_value = d
+    canonical_names(graph)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def canonical_names(graph: onnx.GraphProto) -> None:
+    """Name nodes, intermediate tensors and initializers by their place in the graph (`conv_12`, `const_40`).
+
+    tf2onnx's optimiser walks sets (of names and of objects), so the names it makes up, and which of two
+    identical MaxPools survives the merge, change from run to run even under a fixed hash seed: without this,
+    two conversions of the same file compute the same thing but differ byte-wise."""
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    initializers = {init.name: init for init in graph.initializer}
+    renamed: dict[str, str] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            if name in initializers and name not in renamed:
+                renamed[name] = f"const_{len(renamed)}"
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.name = f"{node.op_type.lower()}_{index}"
+        for slot, name in enumerate(node.output):
+            if name not in keep:
+                renamed[name] = node.name if len(node.output) == 1 else f"{node.name}_{slot}"
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    ordered = [initializers[old] for old in renamed if old in initializers]
+    for init in ordered:
+        init.name = renamed[init.name]
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
 
 
 def canonical_face(packed: Path) -> dict:
@@ -251,12 +276,6 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=artifacts.REPO_ROOT / ".data" / "face_mesh" / "1")
     args = parser.parse_args(argv)
-    if os.environ.get("PYTHONHASHSEED") != HASH_SEED:
-        # tf2onnx's optimiser walks sets of names (which of two identical MaxPools survives, what constants are
-        # called), so the file's bytes follow Python's hash seed: convert under a fixed one, reproducibly.
-        argv = sys.argv[1:] if argv is None else argv
-        os.execve(sys.executable, [sys.executable, "-m", "export.facemesh", *argv],
-                  {**os.environ, "PYTHONHASHSEED": HASH_SEED})
     started = time.perf_counter()
     try:
         manifest = export(args.out)
