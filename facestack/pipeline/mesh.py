@@ -43,8 +43,8 @@ LEFT_EYE = {"corners": (362, 263), "lids": ((385, 380), (386, 374), (387, 373))}
 # YuNet's box centre and size -> MediaPipe's framing: the side is `YUNET_SIDE` x the box's longer side
 # (MediaPipe's 1.5 x the mesh's extent), the centre moved down by `YUNET_SHIFT` x the box's height. Fitted
 # on the registry photos and LFW View 1 against rect_from_mesh (benchmarks/mesh_pose.py prints the fit).
-YUNET_SIDE = 1.4
-YUNET_SHIFT = 0.05
+YUNET_SIDE = 1.37
+YUNET_SHIFT = 0.055
 
 
 @dataclass(frozen=True)
