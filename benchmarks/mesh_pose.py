@@ -128,6 +128,15 @@ def changes(rows: list[dict], name: str, k: int) -> np.ndarray:
     return np.array(out, np.float64)
 
 
+def openness_ratios(rows: list[dict]) -> np.ndarray:
+    """Per person with several photos: the lowest eye openness over the highest (what expression and lighting
+    do to it across photos, with no blink asked for)."""
+    by_person: dict[str, list[float]] = {}
+    for r in rows:
+        by_person.setdefault(r["image"].split("/")[0], []).append(float(np.mean(r["eyes"])))
+    return np.array([min(v) / max(v) for v in by_person.values() if len(v) > 1])
+
+
 def summarise(rows: list[dict]) -> dict:
     def column(name: str, k: int) -> np.ndarray:
         return np.array([r[name][k] if r[name] is not None else np.nan for r in rows], np.float64)
@@ -140,6 +149,8 @@ def summarise(rows: list[dict]) -> dict:
                                    for k, angle in enumerate(angles)} for a in ("mesh", "five_point")}
     eyes = np.array([r["eyes"] for r in rows]).mean(axis=1)
     lowest = sorted((round(float(e), 4), r["image"]) for e, r in zip(eyes, rows, strict=True))[:8]
+    ratios = openness_ratios(rows)
+    ratio_shares = {f"share_below_{t}": round(float((ratios < t).mean()), 4) for t in (0.5, 0.6, 0.7) if len(ratios)}
     framing = np.array([r["framing"] for r in rows])
     ms = np.array([r["ms"] for r in rows])
     return {
@@ -149,7 +160,8 @@ def summarise(rows: list[dict]) -> dict:
                        "model_only": percentiles(ms[:, 1], (50, 90, 99))},
         "eye_openness": {"mean_of_both": percentiles(eyes),
                          "share_below": {str(t): round(float((eyes < t).mean()), 4) for t in (0.12, 0.15, 0.18)},
-                         "lowest": lowest},
+                         "lowest": lowest,
+                         "same_person_min_over_max": {"people": len(ratios), **ratio_shares}},
         "presence": percentiles(np.array([r["presence"] for r in rows]), (1, 5, 50)),
         "framing_vs_tracking": {"side_ratio": percentiles(framing[:, 0], (5, 50, 95)),
                                 "dx_box_heights": percentiles(framing[:, 1], (5, 50, 95)),
@@ -169,7 +181,8 @@ def print_table(result: dict) -> None:
     lat = result["latency_ms"]
     print(f"latency per face at 1 thread: model {lat['model_only']} ms; crop+model+pose {lat['run_face']} ms")
     print(f"eye openness (mean of both eyes): {result['eye_openness']['mean_of_both']}; "
-          f"share below: {result['eye_openness']['share_below']}")
+          f"share below: {result['eye_openness']['share_below']}; same person, lowest over highest: "
+          f"{result['eye_openness']['same_person_min_over_max']}")
     print(f"lowest eye openness: {result['eye_openness']['lowest']}")
     print(f"presence: {result['presence']}")
     print(f"YuNet framing vs MediaPipe tracking framing: {result['framing_vs_tracking']}")
