@@ -150,9 +150,9 @@ def head_pose(points: np.ndarray, canonical: Canonical) -> tuple[float, float, f
 def eye_openness(points: np.ndarray) -> tuple[float, float]:
     """(right, left): mean eyelid gap over eye width, in the image plane.
 
-    On LFW View 1 (docs/mesh.md) the median is about 0.26 and closed or squinting eyes read 0.14-0.17: this model
-    (without MediaPipe's attention refinement) never closes the lid contour fully, so a blink shows as a relative
-    drop across frames, not as a fixed low value."""
+    On LFW View 1 (docs/mesh.md) the median is 0.27 and the lowest faces, eyes shut or squeezed by a laugh, read
+    0.10-0.12: this model (without MediaPipe's attention refinement) never closes the lid contour fully, so a
+    blink shows as a relative drop across frames, not as a value near zero."""
 
     def one(eye: dict) -> float:
         a, b = (points[i, :2] for i in eye["corners"])
