@@ -13,9 +13,11 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from facestack.triton.launcher import free_port
@@ -65,15 +67,21 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="module")
-def console(chromium, triton, tmp_path_factory) -> Iterator[Console]:
+@contextmanager
+def console_gateway(triton, tmp_path_factory, **settings: object) -> Iterator[Console]:
     data = tmp_path_factory.mktemp("console-gateway")
     keys = write_keys(data / "keys.json", {name: ("console", scopes) for name, scopes in KEYS.items()})
     shots = Path(os.environ.get("FACESTACK_CONSOLE_SHOTS") or tmp_path_factory.mktemp("console-shots"))
     shots.mkdir(parents=True, exist_ok=True)
-    with running_gateway(data, triton.grpc_url, data / "keys.json") as gateway:
+    with running_gateway(data, triton.grpc_url, data / "keys.json", **settings) as gateway:
         gateway.wait_ready()
         yield Console(gateway.url, keys, shots)
+
+
+@pytest.fixture(scope="module")
+def console(chromium, triton, tmp_path_factory) -> Iterator[Console]:
+    with console_gateway(triton, tmp_path_factory) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +107,32 @@ def browser(chromium, tmp_path_factory):
         context.set_default_timeout(60_000)  # Triton on 2 shared cores: a verify can take seconds under load
         yield context
         context.close()
+
+
+@dataclass
+class Camera:
+    """A chromium whose webcam plays `file` (tests/console/camera.py writes it); pages of `granted` may use the
+    camera, pages of `denied` are refused it, as when a person blocks the camera for the site."""
+
+    file: Path
+    granted: object  # playwright BrowserContext
+    denied: object
+
+
+@pytest.fixture(scope="module")
+def camera(chromium, tmp_path_factory) -> Iterator[Camera]:
+    from playwright.sync_api import sync_playwright
+
+    from tests.console.camera import HEIGHT, WIDTH, write_y4m
+
+    file = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    write_y4m(file, [np.full((HEIGHT, WIDTH, 3), 128, np.uint8)])  # grey until a test shows something
+    args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={file}"]
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(chromium), headless=True, args=args)
+        contexts = [launched.new_context(viewport={"width": 1280, "height": 900}, service_workers="block",
+                                         permissions=permissions) for permissions in (["camera"], [])]
+        for context in contexts:
+            context.set_default_timeout(60_000)
+        yield Camera(file, *contexts)
+        launched.close()
