@@ -376,6 +376,7 @@ $("liveness-start").addEventListener("click", () => run(async () => {
   put($("liveness-steps")); instruct("");
   $("liveness-progress").textContent = "";
   $("liveness-begin").disabled = false;
+  $("liveness-actions").hidden = false;
   $("liveness-run").hidden = false;
   tick(); clock = setInterval(tick, 500);
   $("liveness-begin").focus();
@@ -394,11 +395,13 @@ $("liveness-begin").addEventListener("click", () => run(async () => {
   frames.forEach((f) => form.append("frames", f));
   try {
     const r = await call("POST", `liveness/challenges/${encodeURIComponent(challenge.challenge_id)}/frames`, { form });
-    instruct(`${LIVENESS_WORDS[r.decision]}.`);
+    instruct("Done: the gateway's decision is below.");
     put($("liveness-result"), ...livenessResult(r, frames));
-  } finally {
+  } finally {  // answered (or refused): a challenge is answered once
     clearInterval(clock); clock = null;
     $("liveness-time").textContent = `Frames sent with ${timeLeft()} s left.`;
+    $("liveness-ready").textContent = "Challenge answered. Start a new challenge to try again.";
+    $("liveness-actions").hidden = true;
   }
 }));
 

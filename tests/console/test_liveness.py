@@ -15,24 +15,16 @@ from playwright.sync_api import Page, expect
 
 from facestack.artifacts import photo_bytes
 from tests.console.camera import Webcam
-from tests.console.conftest import console_gateway
 from tests.console.test_console import image_file, open_console, tab
 
 pytestmark = pytest.mark.triton
 expect.set_options(timeout=60_000)
 POSE_WORDS = {"neutral": "as frame 0", "turn_left": "turned to their left", "turn_right": "turned to their right"}
-# The registry photos show turns only, of about 13 and 21 degrees at the webcam framing, and differ in pitch by up to
-# 10 degrees (camera.py): challenges are drawn from the turns, a turn counts from 8 degrees (default 15) and a look
-# up or down from 25 (default 10), so that the photos read as the moves they show. The rule itself, at the
-# defaults, is tested in tests/gateway/test_liveness*.py; what is tested here is the console.
-LIVENESS = {"gateway_liveness_actions": ["turn_left", "turn_right"], "gateway_liveness_yaw_deg": 8,
-            "gateway_liveness_pitch_deg": 25}
 
 
 @pytest.fixture(scope="module")
-def gateway(chromium, triton, tmp_path_factory):
-    with console_gateway(triton, tmp_path_factory, **LIVENESS) as gateway:
-        yield gateway
+def gateway(console):
+    return console  # its liveness settings suit the fake webcam (conftest.LIVENESS)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +108,16 @@ def test_turning_as_asked_is_live_and_binds_one_verify(gateway, webcam, page):
     webcam.performing(issued["actions"])  # the person reads each step as it is shown and does it
     begin = page.get_by_role("button", name="Begin: open the camera", exact=True)
     expect(begin).to_be_focused()
-    body = answer(page, lambda: page.keyboard.press("Enter"))  # keyboard alone
+    instruction = page.locator("#liveness-instruction")
+
+    def begin_and_watch() -> None:
+        page.keyboard.press("Enter")  # keyboard alone
+        expect(instruction).to_have_text(f"Step 1 of 2: {issued['instructions'][0]}, and hold it.")
+        expect(page.locator("#liveness-video")).to_be_visible()
+        expect(instruction).to_have_text(f"Step 2 of 2: {issued['instructions'][1]}, and hold it.")
+        gateway.screenshot(page, "liveness-capture")
+
+    body = answer(page, begin_and_watch)
     poses = [(f["delta_yaw"], f["delta_pitch"], f["pose"]) for f in body["frames"]]
     assert (body["decision"], body["reason"]) == ("live", "all_steps"), (issued["actions"], poses)
     shows(page, body, 1 + 3 * len(issued["actions"]))
