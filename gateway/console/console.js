@@ -400,7 +400,7 @@ $("liveness-begin").addEventListener("click", () => run(async () => {
   } finally {  // answered (or refused): a challenge is answered once
     clearInterval(clock); clock = null;
     $("liveness-time").textContent = `Frames sent with ${timeLeft()} s left.`;
-    $("liveness-ready").textContent = "Challenge answered. Start a new challenge to try again.";
+    $("liveness-ready").textContent = "Frames sent. Start a new challenge to try again.";
     $("liveness-actions").hidden = true;
   }
 }));
