@@ -327,13 +327,13 @@ const POSE_WORDS = { neutral: "as frame 0", turn_left: "turned to their left", t
   look_up: "chin up", look_down: "chin down" };
 const LIVENESS_WORDS = { live: "Live", not_live: "Not live",
   inconclusive: "Inconclusive: capture again with a new challenge" };
-let challenge = null;  // the issued challenge, with `until` (local clock) and `frames` captured
+let challenge = null;  // the issued challenge, with `until`: its deadline by this browser's clock
 let capture = null;  // the running capture's AbortController
 let clock = null;  // the time-left ticker
 
-function timeLeft() { return Math.max(0, Math.ceil((challenge.until - Date.now()) / 1000)); }
+const timeLeft = (c) => Math.max(0, Math.ceil((c.until - Date.now()) / 1000));
 function tick() {
-  const left = timeLeft();
+  const left = timeLeft(challenge);
   $("liveness-time").textContent = left ? `Time left: ${left} s.` : "Time is up: start a new challenge.";
   if (!left) { clearInterval(clock); clock = null; }
 }
@@ -353,15 +353,18 @@ function endChallenge() {
 }
 
 const pause = (ms, signal) => new Promise((resolve, reject) => {
+  if (signal.aborted) { reject(signal.reason); return; }
   const timer = setTimeout(resolve, ms);
-  signal.addEventListener("abort", () => { clearTimeout(timer); reject(new DOMException("cancelled", "AbortError")); });
+  signal.addEventListener("abort", () => { clearTimeout(timer); reject(new DOMException("cancelled", "AbortError")); },
+    { once: true });
 });
 
+// The line said to the person (announced: aria-live), and a step's instruction added to the list of steps.
 function instruct(text, step) {
   $("liveness-instruction").textContent = text;
   if (step === undefined) return;
   for (const li of $("liveness-steps").children) li.removeAttribute("aria-current");
-  $("liveness-steps").append(el("li", { "aria-current": "step" }, challenge.instructions[step]));
+  $("liveness-steps").append(el("li", { "aria-current": "step" }, step));
 }
 
 $("liveness-start").addEventListener("click", () => run(async () => {
@@ -369,7 +372,7 @@ $("liveness-start").addEventListener("click", () => run(async () => {
   put($("liveness-result"));
   const issued = await call("POST", "liveness/challenges");
   // The deadline by this browser's clock (the server's may differ): a little short, never long.
-  challenge = { ...issued, until: Date.now() + issued.deadline_s * 1000, frames: [] };
+  challenge = { ...issued, until: Date.now() + issued.deadline_s * 1000 };
   const n = issued.actions.length;
   $("liveness-ready").textContent = `Challenge ready: ${n} steps. Press Begin with your face in good light: the ` +
     "camera opens, you look at it, then each step is shown when it is time for it.";
@@ -385,36 +388,39 @@ $("liveness-start").addEventListener("click", () => run(async () => {
 $("liveness-cancel").addEventListener("click", () => { endChallenge(); $("liveness-start").focus(); });
 
 $("liveness-begin").addEventListener("click", () => run(async () => {
-  if (!challenge) return;
+  const c = challenge;  // a new challenge started meanwhile must not relabel this one's answer
+  if (!c) return;
   $("liveness-begin").disabled = true;
-  const frames = await captureFrames();
+  const frames = await captureFrames(c);
   if (!frames) return;  // cancelled
   instruct("Done. Sending the frames…");
   const form = new FormData();
-  form.append("nonce", challenge.nonce);
+  form.append("nonce", c.nonce);
   frames.forEach((f) => form.append("frames", f));
   try {
-    const r = await call("POST", `liveness/challenges/${encodeURIComponent(challenge.challenge_id)}/frames`, { form });
+    const r = await call("POST", `liveness/challenges/${encodeURIComponent(c.challenge_id)}/frames`, { form });
     instruct("Done: the gateway's decision is below.");
-    put($("liveness-result"), ...livenessResult(r, frames));
+    put($("liveness-result"), ...livenessResult(r, frames, c));
   } finally {  // answered (or refused): a challenge is answered once
     clearInterval(clock); clock = null;
-    $("liveness-time").textContent = `Frames sent with ${timeLeft()} s left.`;
+    $("liveness-time").textContent = `Frames sent with ${timeLeft(c)} s left.`;
     $("liveness-ready").textContent = "Frames sent. Start a new challenge to try again.";
     $("liveness-actions").hidden = true;
   }
 }));
 
 // Opens the camera, says each step when it is due and takes the frames; null when cancelled.
-async function captureFrames() {
+async function captureFrames(c) {
   const video = $("liveness-video");
-  const c = challenge;
   const perStep = Math.max(1, Math.min(PER_STEP, Math.floor((c.max_frames - 1) / c.actions.length)));
   const total = 1 + perStep * c.actions.length;
   capture = new AbortController();
   const signal = capture.signal;
+  let stream = null;
   try {
-    video.srcObject = await openCamera();
+    stream = await openCamera();
+    signal.throwIfAborted();  // cancelled while the browser asked for the permission
+    video.srcObject = stream;
     video.hidden = false;
     await video.play();
     const frames = [];
@@ -426,7 +432,7 @@ async function captureFrames() {
     await pause(READY_MS, signal);
     await take();
     for (let step = 0; step < c.actions.length; step++) {
-      instruct(`Step ${step + 1} of ${c.actions.length}: ${c.instructions[step]}, and hold it.`, step);
+      instruct(`Step ${step + 1} of ${c.actions.length}: ${c.instructions[step]}, and hold it.`, c.instructions[step]);
       for (let k = 0; k < perStep; k++) {
         await pause(STEP_MS / perStep, signal);
         await take();
@@ -434,18 +440,20 @@ async function captureFrames() {
     }
     return frames;
   } catch (err) {
+    $("liveness-begin").disabled = false;  // the challenge is still unanswered: Begin may try it again
     if (signal.aborted) { instruct("Cancelled: nothing was sent."); return null; }
     instruct("");
-    $("liveness-begin").disabled = false;  // e.g. the permission was refused: allow it and begin again
-    throw err;
-  } finally {
-    if (capture && capture.signal === signal) stopCapture();
+    throw err;  // e.g. camera_denied: allow the camera, then Begin again
+  } finally {  // the camera goes off as soon as the frames are taken
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    if (video.srcObject === stream) { video.srcObject = null; video.hidden = true; }
+    if (capture && capture.signal === signal) capture = null;
   }
 }
 
 // The decision in words, the steps (which frame first showed each) and every frame's pose against frame 0.
-function livenessResult(r, frames) {
-  const instruction = Object.fromEntries(challenge.actions.map((a, i) => [a, challenge.instructions[i]]));
+function livenessResult(r, frames, c) {
+  const instruction = Object.fromEntries(c.actions.map((a, i) => [a, c.instructions[i]]));
   const evidence = Object.fromEntries(r.frames.map((f) => [f.index, f]));
   const steps = r.steps.map((s, i) => el("tr", { "data-step": s.action },
     el("td", { class: "num" }, i + 1), el("td", {}, instruction[s.action] || s.action),
@@ -474,8 +482,8 @@ function livenessResult(r, frames) {
     el("h3", {}, "Frames sent, with the pose the gateway measured"),
     r.frames.length ? null : el("p", {}, "The gateway did not examine the frames (see the reason)."),
     table(["frame", "", "faces", "yaw °", "pitch °", "Δ yaw °", "Δ pitch °", "reads as", "cosine to frame 0", ""], rows),
-    el("p", { class: "hint" }, `Frame 0 is the reference. A turn counts once the yaw moved ${challenge.yaw_deg}° from ` +
-      `frame 0, a look up or down once the pitch moved ${challenge.pitch_deg}°; every frame must be frame 0's ` +
+    el("p", { class: "hint" }, `Frame 0 is the reference. A turn counts once the yaw moved ${c.yaw_deg}° from ` +
+      `frame 0, a look up or down once the pitch moved ${c.pitch_deg}°; every frame must be frame 0's ` +
       `person (cosine ≥ ${fixed(r.identity_threshold)}, ${r.identity_operating_point}). Challenge ` +
       `${r.challenge_id}; model ${r.model.embedder || "–"}; request ${r.request_id}.`),
   ];

@@ -160,3 +160,19 @@ def test_a_refused_camera_is_explained(gateway, camera):
     expect(page.get_by_role("button", name="Begin: open the camera", exact=True)).to_be_enabled()
     assert not [url for url in sent if url.endswith("/frames")]  # nothing was sent
     page.close()
+
+
+def test_cancel_turns_the_camera_off_and_sends_nothing(gateway, webcam, page):
+    webcam.still()
+    open_console(page, gateway.url, gateway.keys["verify"])
+    tab(page, "Try: liveness")
+    issued = start(page)
+    page.get_by_role("button", name="Begin: open the camera", exact=True).click()
+    step = f"Step 1 of 2: {issued['instructions'][0]}, and hold it."
+    expect(page.locator("#liveness-instruction")).to_have_text(step)
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    expect(page.locator("#liveness-run")).to_be_hidden()
+    assert page.evaluate("() => document.getElementById('liveness-video').srcObject") is None  # camera off
+    page.wait_for_timeout(3_500)  # past when the step's frames would have been taken and sent
+    assert not [url for url in page.requested if url.endswith("/frames")]
+    expect(page.get_by_role("button", name="Start a challenge", exact=True)).to_be_focused()
