@@ -708,7 +708,8 @@ function stopCamera(video) {
 }
 
 // The video's current picture as a JPEG file: the camera's own (unmirrored) frame.
-function snapshot(video, name) {
+async function snapshot(video, name) {
+  if (!video.videoWidth) await new Promise((resolve) => video.addEventListener("loadeddata", resolve, { once: true }));
   const canvas = el("canvas");
   canvas.width = video.videoWidth; canvas.height = video.videoHeight;
   canvas.getContext("2d").drawImage(video, 0, 0);
@@ -733,11 +734,11 @@ function closeWebcam() {
 }
 $("webcam-close").addEventListener("click", closeWebcam);
 $("webcam-dialog").addEventListener("close", closeWebcam);
-$("webcam-take").addEventListener("click", async () => {
+$("webcam-take").addEventListener("click", () => run(async () => {
   const files = new DataTransfer();
   files.items.add(await snapshot($("webcam-video"), "webcam.jpg"));
   $(webcamTarget).files = files.files;
   closeWebcam();
-});
+}));
 
 showKeyState();

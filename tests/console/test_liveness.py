@@ -176,3 +176,19 @@ def test_cancel_turns_the_camera_off_and_sends_nothing(gateway, webcam, page):
     page.wait_for_timeout(3_500)  # past when the step's frames would have been taken and sent
     assert not [url for url in page.requested if url.endswith("/frames")]
     expect(page.get_by_role("button", name="Start a challenge", exact=True)).to_be_focused()
+
+
+def test_webcam_photo_for_verify(gateway, webcam, page):
+    """The photo fields' webcam button shares the liveness step's camera code: a picture taken is verified."""
+    webcam.still()
+    open_console(page, gateway.url, gateway.keys["verify"])
+    page.locator('button.webcam[data-target="verify-probe"]').click()
+    expect(page.locator("#webcam-dialog")).to_be_visible()
+    page.get_by_role("button", name="Take photo", exact=True).click()
+    expect(page.locator("#webcam-dialog")).to_be_hidden()
+    taken = page.evaluate("() => [...document.getElementById('verify-probe').files].map(f => [f.name, f.type])")
+    assert taken == [["webcam.jpg", "image/jpeg"]]
+    page.get_by_label("Second photo", exact=True).set_input_files([image_file("obama2.jpg")])
+    page.get_by_role("button", name="Verify", exact=True).click()
+    expect(page.locator("#verify-decision")).to_have_text("Same person")
+    assert page.evaluate("() => document.getElementById('webcam-video').srcObject") is None  # camera off
