@@ -686,6 +686,8 @@ const CAMERA_WORDS = {
   SecurityError: "the browser allows no camera on this page (not https or localhost, or a policy)",
 };
 
+const CAMERA_SETTLE_MS = 700;  // after a camera opens, before its picture is worth taking (exposure, first frames)
+
 // An open camera stream, or a Problem saying why there is none (camera_denied: the permission was refused).
 async function openCamera() {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
@@ -708,8 +710,7 @@ function stopCamera(video) {
 }
 
 // The video's current picture as a JPEG file: the camera's own (unmirrored) frame.
-async function snapshot(video, name) {
-  if (!video.videoWidth) await new Promise((resolve) => video.addEventListener("loadeddata", resolve, { once: true }));
+function snapshot(video, name) {
   const canvas = el("canvas");
   canvas.width = video.videoWidth; canvas.height = video.videoHeight;
   canvas.getContext("2d").drawImage(video, 0, 0);
@@ -724,8 +725,13 @@ for (const button of document.querySelectorAll("button.webcam")) {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) { button.hidden = true; continue; }
   button.addEventListener("click", () => run(async () => {
     webcamTarget = button.dataset.target;
-    $("webcam-video").srcObject = await openCamera();
+    const video = $("webcam-video");
+    $("webcam-take").disabled = true;  // a camera's first frames can be black or dark: let it settle first
+    video.srcObject = await openCamera();
     $("webcam-dialog").showModal();
+    await video.play();
+    await new Promise((resolve) => setTimeout(resolve, CAMERA_SETTLE_MS));
+    $("webcam-take").disabled = false;
   }));
 }
 function closeWebcam() {
