@@ -40,7 +40,8 @@ async def issue(request: Request, principal: VerifyKey) -> dict:
             "instructions": [liveness.INSTRUCTIONS[a] for a in actions], "expires_at": iso(challenge.deadline_ms),
             "deadline_s": settings.gateway_liveness_deadline_s, "min_frames": len(actions) + 1,
             "max_frames": settings.gateway_max_images_per_request, "yaw_deg": settings.gateway_liveness_yaw_deg,
-            "pitch_deg": settings.gateway_liveness_pitch_deg, "convention": CONVENTION}
+            "pitch_deg": settings.gateway_liveness_pitch_deg if liveness.judges_pitch(settings.gateway_liveness_actions)
+            else None, "convention": CONVENTION}
 
 
 def _frame(data: bytes, analysis: Analysis, min_face_size: float) -> liveness.Frame:
@@ -82,8 +83,8 @@ async def frames(challenge_id: str, request: Request, principal: VerifyKey) -> d
     if not await store.claim(principal.tenant, challenge.id, "frames"):
         raise ApiError("challenge_used", f"challenge {challenge.id!r} was already answered; request a new one",
                        challenge_id=challenge.id)
-    thresholds = liveness.Thresholds(svc.settings.gateway_liveness_yaw_deg, svc.settings.gateway_liveness_pitch_deg,
-                                     0.0)
+    thresholds = liveness.thresholds(svc.settings.gateway_liveness_actions, svc.settings.gateway_liveness_yaw_deg,
+                                     svc.settings.gateway_liveness_pitch_deg, 0.0)
     model = version = ""
     point = svc.settings.gateway_liveness_identity_point
     if analyses:
