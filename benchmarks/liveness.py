@@ -232,9 +232,29 @@ def variants(data: bytes, rng: random.Random) -> tuple[list[bytes], list[bytes]]
     return still, tilted
 
 
+def best_order(frames: list[liveness.Frame], actions: list[str], th: liveness.Thresholds) -> list[liveness.Frame]:
+    """A deliberate attacker's answer from one photo's frames: a first frame and, per step, a frame whose pose
+    reads as that step from it (they know which way to tilt the print), if some first frame allows all steps."""
+    best: list[liveness.Frame] = frames[:1]
+    for first in frames:
+        chosen = [first]
+        for action in actions:
+            options = [f for f in frames
+                       if all(f is not c for c in chosen) and liveness.classify(f, first, th) == action]
+            if not options:
+                break
+            chosen.append(options[0])
+        if len(chosen) > len(best):
+            best = chosen
+        if len(chosen) == len(actions) + 1:
+            break
+    return best
+
+
 def replays(frames_of: list[list[Photo | None]], config: Config, th: liveness.Thresholds, tries: int,
-            seed: int) -> dict:
-    """Challenges answered with frames that are all one photo (copies or tilted prints of it)."""
+            seed: int, ordered: bool = False) -> dict:
+    """Challenges answered with frames that are all one photo (copies or tilted prints of it): in a random
+    order, or (`ordered`) in the order that best shows the asked steps."""
     rng = random.Random(seed)
     attempts, outcomes, jitter = 0, Counter(), []
     for frames in frames_of:
@@ -244,7 +264,10 @@ def replays(frames_of: list[list[Photo | None]], config: Config, th: liveness.Th
         jitter += [max(abs(f.yaw - usable[0].yaw), abs(f.pitch - usable[0].pitch)) for f in usable[1:]]
         for _ in range(tries):
             actions = liveness.new_actions(rng, config.actions)
-            sequence = rng.sample(usable, min(len(usable), 2 * len(actions) + 1))
+            if ordered:
+                sequence = best_order(usable, actions, th)
+            else:
+                sequence = rng.sample(usable, min(len(usable), 2 * len(actions) + 1))
             attempts += 1
             outcomes[liveness.evaluate(actions, sequence, th).reason] += 1
     live = outcomes["all_steps"]
@@ -341,7 +364,8 @@ def run(root: Path, *, per_person: int, ask_yaw: float, ask_pitch: float, fronta
                 "genuine": genuine(m["people"], config, th, ask, frontal_deg, per_person, seed),
                 "genuine_with_mirrored": genuine(m["with_mirrored"], config, th, ask, frontal_deg, per_person, seed),
                 "still_photo_replay": replays(m["still"], config, th, REPLAY_TRIES, seed),
-                "tilted_print_replay": replays(m["tilted"], config, th, REPLAY_TRIES, seed)}
+                "tilted_print_replay": replays(m["tilted"], config, th, REPLAY_TRIES, seed),
+                "tilted_print_best_order": replays(m["tilted"], config, th, REPLAY_TRIES, seed, ordered=True)}
 
     result: dict = {
         "date": time.strftime("%Y-%m-%d"), "dataset": f"LFW View 1 ({root.name}), people with >= 2 photos",
@@ -372,11 +396,11 @@ def run(root: Path, *, per_person: int, ask_yaw: float, ask_pitch: float, fronta
 
 
 def fit(rows: list[dict], bar: float = 0.95) -> str | None:
-    """The DevTrain choice, among configurations no still photo or tilted print ever passed: the one with the
-    largest yaw threshold (the most margin over a still photo's pose noise) whose genuine pass rate (photos and
-    mirrored photos: the larger sample) meets the bar; if none does, the highest pass rate."""
-    safe = [r for r in rows if r["genuine_with_mirrored"]["attempts"] and r["still_photo_replay"]["live"] == 0
-            and r["tilted_print_replay"]["live"] == 0]
+    """The DevTrain choice, among configurations no still photo or tilted print (even in its best order) passed:
+    the one with the largest yaw threshold (the most margin over a still photo's pose noise) whose genuine pass
+    rate (photos and mirrored photos: the larger sample) meets the bar; if none does, the highest pass rate."""
+    safe = [r for r in rows if r["genuine_with_mirrored"]["attempts"] and all(
+        r[k]["live"] == 0 for k in ("still_photo_replay", "tilted_print_replay", "tilted_print_best_order"))]
     meeting = [r for r in safe if r["genuine_with_mirrored"]["pass_rate"] >= bar]
     if meeting:
         return max(meeting, key=lambda r: (r["yaw_deg"], r["genuine_with_mirrored"]["pass_rate"]))["config"]
@@ -406,7 +430,8 @@ def table(result: dict) -> str:
                 lines.append(f"   {r['config']:<24} genuine {_rate(r['genuine']):<40} with mirrored "
                              f"{_rate(r['genuine_with_mirrored']):<42} replay {r['still_photo_replay']['live']}/"
                              f"{r['still_photo_replay']['attempts']}  print {r['tilted_print_replay']['live']}/"
-                             f"{r['tilted_print_replay']['attempts']}")
+                             f"{r['tilted_print_replay']['attempts']}  print, best order "
+                             f"{r['tilted_print_best_order']['live']}/{r['tilted_print_best_order']['attempts']}")
     lines.append(f"proposed (fitted on train): {result['proposed']}")
     return "\n".join(lines)
 

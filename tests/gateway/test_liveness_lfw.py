@@ -37,6 +37,7 @@ def test_genuine_attempts_pass(heldout):
 
 
 def test_a_still_photo_or_a_tilted_print_never_passes(heldout):
-    for key in ("still_photo_replay", "tilted_print_replay"):
+    """Nor a print tilted one way then the other in the order the challenge asks (a deliberate attacker)."""
+    for key in ("still_photo_replay", "tilted_print_replay", "tilted_print_best_order"):
         replay = heldout[key]
         assert replay["attempts"] >= 100 and replay["live"] == 0, replay
