@@ -14,6 +14,7 @@ the user is usually mirrored; the frames sent must not be.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,18 @@ class Frame:
     landmarks: np.ndarray | None = None  # [5, 2] of the one face
     embedding: np.ndarray | None = None  # of the one face, L2-normalised
     pad_score: float | None = None
+
+
+def judges_pitch(allowed: Sequence[str]) -> bool:
+    """Whether a challenge drawn from `allowed` can ask for a pitch step (look up or down)."""
+    return any(MOVES[a][0] == "pitch" for a in allowed)
+
+
+def thresholds(allowed: Sequence[str], yaw_deg: float, pitch_deg: float, identity: float) -> Thresholds:
+    """The thresholds a deployment's action set implies. Pitch is judged only where a challenge can ask for a
+    pitch step: otherwise a nod during a turn would read as an unexpected action, and five landmarks measure
+    pitch poorly (docs/liveness.md)."""
+    return Thresholds(yaw_deg, pitch_deg if judges_pitch(allowed) else math.inf, identity)
 
 
 def digest(data: bytes) -> str:

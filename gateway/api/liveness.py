@@ -34,7 +34,8 @@ async def issue(principal: VerifyKey, settings: deps.SettingsDep, challenges: de
             "instructions": [liveness.INSTRUCTIONS[a] for a in actions], "expires_at": iso(challenge.deadline_ms),
             "deadline_s": settings.gateway_liveness_deadline_s, "min_frames": len(actions) + 1,
             "max_frames": settings.gateway_max_images_per_request, "yaw_deg": settings.gateway_liveness_yaw_deg,
-            "pitch_deg": settings.gateway_liveness_pitch_deg, "convention": CONVENTION}
+            "pitch_deg": settings.gateway_liveness_pitch_deg if liveness.judges_pitch(settings.gateway_liveness_actions)
+            else None, "convention": CONVENTION}
 
 
 def _frame(data: bytes, analysis: Analysis, min_face_size: float) -> liveness.Frame:
@@ -76,8 +77,8 @@ async def frames(challenge_id: str, request: Request, principal: VerifyKey, sett
     if not await challenges.claim(principal.tenant, challenge.id, "frames"):
         raise ApiError("challenge_used", f"challenge {challenge.id!r} was already answered; request a new one",
                        challenge_id=challenge.id)
-    thresholds = liveness.Thresholds(settings.gateway_liveness_yaw_deg, settings.gateway_liveness_pitch_deg,
-                                     0.0)
+    thresholds = liveness.thresholds(settings.gateway_liveness_actions, settings.gateway_liveness_yaw_deg,
+                                     settings.gateway_liveness_pitch_deg, 0.0)
     model = version = ""
     point = settings.gateway_liveness_identity_point
     if analyses:

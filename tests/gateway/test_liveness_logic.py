@@ -128,3 +128,13 @@ def test_new_actions_are_two_or_three_distinct_known_actions():
     assert {len(a) for a in seen} == {2, 3}
     assert all(len(set(a)) == len(a) and set(a) <= set(liveness.ACTIONS) for a in seen)
     assert len({tuple(a) for a in seen}) > 20  # random order and choice, not a fixed script
+
+
+def test_pitch_is_judged_only_where_a_challenge_can_ask_for_it():
+    """Turns only (the default): a nod between the turns is not an unexpected action, since five landmarks do
+    not measure pitch; with look up/down in the action set, the same nod is one."""
+    nod = [frame("neutral", 0), frame("turn_left", 1), frame("look_down", 2), frame("turn_right", 3)]
+    turns = liveness.thresholds(("turn_left", "turn_right"), 15.0, 10.0, 0.368)
+    everything = liveness.thresholds(liveness.ACTIONS, 15.0, 10.0, 0.368)
+    assert evaluate(["turn_left", "turn_right"], nod, turns).reason == "all_steps"
+    assert evaluate(["turn_left", "turn_right"], nod, everything).reason == "unexpected_action"
