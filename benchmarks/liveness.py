@@ -17,6 +17,13 @@ Configurations (the challenge's action set and its yaw/pitch thresholds) are fit
 reported on DevTest's (disjoint people), never chosen on the reported split. The pipeline runs in process (the
 same FacePipeline code Triton runs). Needs `make peer` (dlib and the 68-point model) and LFW View 1; exits 2
 without them. Prints tables and writes JSON (default docs/bench/liveness.json).
+
+`--pose` is the pose the rule judges: `five-point` (YuNet's landmarks, facestack.pipeline.quality: what the
+gateway uses by default) or `mesh` (MediaPipe FaceMesh on the same YuNet face, facestack.pipeline.mesh; needs
+the exported model, `--mesh-model`, default `.data/face_mesh/1`; JSON default docs/bench/liveness-mesh.json).
+The frames of every attempt are the same under both: genuine ones are chosen by the reference pose, replays and
+prints are the same images; only the yaw/pitch/roll the rule reads differ (and the thresholds, fitted in that
+pose's degrees). The five landmarks still decide `repeated_frame`, as in the gateway.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -36,7 +44,7 @@ import numpy as np
 
 from benchmarks import reference_pose
 from facestack.accuracy.dataset import VIEW1_TEST, VIEW1_TRAIN, read_pairs
-from facestack.pipeline import choice
+from facestack.pipeline import choice, mesh
 from facestack.pipeline.faces import FacePipeline, Options
 from facestack.pipeline.runtime import InProcessModels, embedder_specs
 from facestack.settings import REPO_ROOT, get_settings
@@ -45,6 +53,12 @@ from gateway import liveness
 from gateway.operating_points import OperatingPoints
 
 TURNS = ("turn_left", "turn_right")
+POSES = ("five-point", "mesh")
+# Threshold grids fitted on DevTrain, in each pose's own degrees. The mesh reads pitch changes at about 0.6x
+# the reference's (docs/mesh.md: slope 0.58), the five-point pose at 0.2x, so the mesh's grid reaches lower.
+YAW_GRID = {"five-point": (8.0, 10.0, 12.0, 15.0), "mesh": (8.0, 10.0, 12.0, 15.0)}
+PITCH_GRID = {"five-point": (6.0, 8.0, 10.0, 14.0), "mesh": (3.0, 4.0, 5.0, 6.0, 8.0, 10.0)}
+TURN_GRID = {"five-point": (6.0, 8.0, 10.0, 12.0, 15.0), "mesh": (6.0, 8.0, 10.0, 12.0, 15.0)}
 SPLITS = {"train": VIEW1_TRAIN, "test": VIEW1_TEST}
 REPLAY_TRIES = 10  # random challenges answered with each replayed photo's frames
 
@@ -73,11 +87,13 @@ class Photo:
 
 
 class Runner:
-    def __init__(self, repository: Path, min_face_size: float) -> None:
+    def __init__(self, repository: Path, min_face_size: float, mesh_model: Path | None = None) -> None:
         specs, self.versions = embedder_specs(repository)
         models = InProcessModels(repository, specs, 2)
         self.pipeline = FacePipeline(models.detect, models.embed, specs, pipeline_parameters(repository))
         self.min_face_size = min_face_size
+        # With a mesh model, the frames' pose is the mesh's (on the same YuNet face), else the five points'.
+        self.mesh = mesh.FaceMesh(mesh_model, threads=1) if mesh_model is not None else None
         self.reference: reference_pose.ReferencePose | None = None
 
     def measure(self, images: list[bytes], reference: bool = False) -> list[Photo | None]:
@@ -97,6 +113,11 @@ class Runner:
                     continue
                 i = usable[choice.choose(faces.boxes[usable], faces.image_size, "centre")[0]]
                 _, _, yaw, pitch, roll, _ = (float(v) for v in faces.quality[i])
+                if self.mesh is not None:
+                    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                                       cv2.COLOR_BGR2RGB)
+                    dense = self.mesh.run_face(rgb, faces.boxes[i], faces.landmarks[i])
+                    yaw, pitch, roll = dense.yaw, dense.pitch, dense.roll
                 frame = liveness.Frame(liveness.digest(data), 1, yaw, pitch, roll,
                                        faces.landmarks[i].astype(np.float64), faces.embeddings[i])
                 out.append(Photo(frame, self._reference(data, faces.boxes[i]) if reference else None))
@@ -312,24 +333,24 @@ def names(root: Path, split: str) -> set[str]:
     return {ref.name for ref in read_pairs(root / SPLITS[split]).images()}
 
 
-def candidates(shipped: Config) -> list[Config]:
+def candidates(shipped: Config, pose: str = "five-point") -> list[Config]:
     """The configurations fitted on DevTrain: the shipped one; all four actions at several yaw and pitch
     thresholds (the defaults until 2026-12-02: yaw 15, pitch 10); turns only (pitch not judged) at several yaw
-    thresholds. A candidate equal to the shipped one is left out."""
+    thresholds; the grids in `pose`'s degrees. A candidate equal to the shipped one is left out."""
     everything = tuple(liveness.ACTIONS)
     others = [Config(f"all actions, yaw {yaw:g}, pitch {pitch:g}", everything, yaw, pitch)
-              for yaw in (8.0, 10.0, 12.0, 15.0) for pitch in (6.0, 8.0, 10.0, 14.0)]
-    others += [Config(f"turns only, yaw {yaw:g}", TURNS, yaw, shipped.pitch_deg)
-               for yaw in (6.0, 8.0, 10.0, 12.0, 15.0)]
+              for yaw in YAW_GRID[pose] for pitch in PITCH_GRID[pose]]
+    others += [Config(f"turns only, yaw {yaw:g}", TURNS, yaw, shipped.pitch_deg) for yaw in TURN_GRID[pose]]
     return [shipped, *(c for c in others if c.describe() != shipped.describe())]
 
 
 def run(root: Path, *, per_person: int, ask_yaw: float, ask_pitch: float, frontal_deg: float,
-        replay_photos: int, seed: int, repository: Path, splits: tuple[str, ...] = ("train", "test")) -> dict:
+        replay_photos: int, seed: int, repository: Path, splits: tuple[str, ...] = ("train", "test"),
+        pose: str = "five-point", mesh_model: Path | None = None, max_people: int = 0) -> dict:
     """Measure the splits' people with at least two photos, fit the configuration on DevTrain (when measured),
-    report every candidate on each split."""
+    report every candidate on each split. `pose` "mesh" judges the mesh's pose (from `mesh_model`)."""
     settings = get_settings()
-    runner = Runner(repository, settings.gateway_min_face_size)
+    runner = Runner(repository, settings.gateway_min_face_size, mesh_model if pose == "mesh" else None)
     model, _, version = runner.versions[settings.gateway_default_embedder].partition(":")
     identity = OperatingPoints(repository).decide(model, version, name=settings.gateway_liveness_identity_point)
     shipped = Config("shipped defaults", tuple(settings.gateway_liveness_actions), settings.gateway_liveness_yaw_deg,
@@ -341,7 +362,7 @@ def run(root: Path, *, per_person: int, ask_yaw: float, ask_pitch: float, fronta
         rng = random.Random(f"{seed}-{split}")
         wanted = names(root, split)
         folders = sorted(p for p in (root / "images").iterdir()
-                         if p.name in wanted and len(list(p.glob("*.jpg"))) >= 2)
+                         if p.name in wanted and len(list(p.glob("*.jpg"))) >= 2)[:max_people or None]
         people, with_mirrored = {}, {}
         for folder in folders:
             files = sorted(folder.glob("*.jpg"))
@@ -368,12 +389,15 @@ def run(root: Path, *, per_person: int, ask_yaw: float, ask_pitch: float, fronta
                 "tilted_print_best_order": replays(m["tilted"], config, th, REPLAY_TRIES, seed, ordered=True)}
 
     result: dict = {
-        "date": time.strftime("%Y-%m-%d"), "dataset": f"LFW View 1 ({root.name}), people with >= 2 photos",
+        "date": time.strftime("%Y-%m-%d"), "load_average": [round(v, 2) for v in os.getloadavg()],
+        "pose": pose, "mesh_model": str(mesh_model) if pose == "mesh" else None,
+        "dataset": f"LFW View 1 ({root.name}), people with >= 2 photos",
         "reference_pose": "benchmarks/reference_pose.py (dlib 68 landmarks + solvePnP; iBUG 300-W, non-commercial:"
                           " a measuring tool only)",
         "identity": {"operating_point": settings.gateway_liveness_identity_point, "threshold": identity.threshold},
         "selection": {"ask_yaw_deg": ask_yaw, "ask_pitch_deg": ask_pitch, "frontal_deg": frontal_deg,
-                      "per_person": per_person, "seed": seed, "replay_tries_per_photo": REPLAY_TRIES},
+                      "per_person": per_person, "seed": seed, "max_people": max_people,
+                      "replay_tries_per_photo": REPLAY_TRIES},
         "splits": {},
     }
     for split in splits:
@@ -387,10 +411,18 @@ def run(root: Path, *, per_person: int, ask_yaw: float, ask_pitch: float, fronta
             "agreement": agreement(people),
             "circular_facestack_selection": genuine(people, shipped, shipped.thresholds(identity.threshold), ask,
                                                     frontal_deg, per_person, seed, "facestack"),
-            "configs": [evaluate(split, c) for c in candidates(shipped)],
+            "configs": [evaluate(split, c) for c in candidates(shipped, pose)],
         }
-    result["proposed"] = fit(result["splits"]["train"]["configs"]) if "train" in splits else None
+    if "train" in splits:
+        rows = result["splits"]["train"]["configs"]
+        result["proposed"] = fit(rows)
+        # the best of each family: a deployment that wants look up/down too can take the second
+        result["proposed_turns_only"] = fit([r for r in rows if not liveness.judges_pitch(r["actions"])])
+        result["proposed_with_pitch"] = fit([r for r in rows if liveness.judges_pitch(r["actions"])])
+    else:
+        result["proposed"] = result["proposed_turns_only"] = result["proposed_with_pitch"] = None
     result["seconds"] = round(time.perf_counter() - started, 1)
+    result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     result["command"] = "python -m benchmarks.liveness " + " ".join(sys.argv[1:])
     return result
 
@@ -426,13 +458,15 @@ def table(result: dict) -> str:
         lines.append(f"   circular (frames chosen by facestack's own pose, shipped): "
                      f"{_rate(s['circular_facestack_selection'])}")
         for r in s["configs"]:
-            if r["config"] in ("shipped defaults", result["proposed"]) or r["config"].startswith("turns only"):
+            if r["config"] in ("shipped defaults", result["proposed"], result["proposed_with_pitch"]) or \
+                    r["config"].startswith("turns only"):
                 lines.append(f"   {r['config']:<24} genuine {_rate(r['genuine']):<40} with mirrored "
                              f"{_rate(r['genuine_with_mirrored']):<42} replay {r['still_photo_replay']['live']}/"
                              f"{r['still_photo_replay']['attempts']}  print {r['tilted_print_replay']['live']}/"
                              f"{r['tilted_print_replay']['attempts']}  print, best order "
                              f"{r['tilted_print_best_order']['live']}/{r['tilted_print_best_order']['attempts']}")
-    lines.append(f"proposed (fitted on train): {result['proposed']}")
+    lines.append(f"proposed (fitted on train, pose {result['pose']}): {result['proposed']}; turns only: "
+                 f"{result['proposed_turns_only']}; with look up/down: {result['proposed_with_pitch']}")
     return "\n".join(lines)
 
 
@@ -446,8 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frontal", type=float, default=10.0, help="first frame: reference |yaw|, |pitch| within")
     parser.add_argument("--replay-photos", type=int, default=60, help="photos per split for replays and prints")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench" / "liveness.json")
+    parser.add_argument("--max-people", type=int, default=0, help="the first N people per split (smoke runs)")
+    parser.add_argument("--pose", choices=POSES, default="five-point", help="the pose the rule judges")
+    parser.add_argument("--mesh-model", type=Path, default=REPO_ROOT / ".data" / "face_mesh" / "1",
+                        help="the exported FaceMesh (model.onnx, canonical_face.json), for --pose mesh")
+    parser.add_argument("--out", type=Path, help="JSON (default docs/bench/liveness.json, with --pose mesh "
+                                                 "liveness-mesh.json; - for none)")
     args = parser.parse_args(argv)
+    out = args.out or REPO_ROOT / "docs" / "bench" / ("liveness-mesh.json" if args.pose == "mesh" else "liveness.json")
+    if args.pose == "mesh" and not (args.mesh_model / mesh.MODEL_FILE).exists():
+        print(f"no FaceMesh at {args.mesh_model}: export it (docs/mesh.md) or pass --mesh-model", file=sys.stderr)
+        return 2
     if not reference_pose.available():
         print("the reference pose needs dlib and face_recognition_models: run `make peer`", file=sys.stderr)
         return 2
@@ -456,12 +499,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = run(args.lfw, per_person=args.per_person, ask_yaw=args.ask_yaw, ask_pitch=args.ask_pitch,
                  frontal_deg=args.frontal, replay_photos=args.replay_photos, seed=args.seed,
-                 repository=get_settings().model_repository)
+                 repository=get_settings().model_repository, pose=args.pose, mesh_model=args.mesh_model,
+                 max_people=args.max_people)
     print(table(result))
-    if str(args.out) != "-":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    if str(out) != "-":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
     return 0
 
 
