@@ -72,17 +72,18 @@ class Settings(BaseSettings):
     gateway_idempotency_ttl_s: int = 86400  # how long an Idempotency-Key's answer is kept and replayed
     # Liveness (docs/liveness.md). A challenge's frames must arrive within the deadline; a passed challenge can
     # bind one verify within the result TTL. Pose thresholds: the change from the first frame that counts as
-    # a turn / a look up or down. Fitted on LFW DevTrain against an independent reference pose
-    # (`python -m benchmarks.liveness`): five landmarks measure yaw well (r 0.94) and pitch not at all (r 0.23),
-    # so challenges are turns only and pitch is not judged; look_up/look_down stay available by the action
-    # list below (pitch is then judged at pitch_deg), not recommended.
+    # a turn / a look up or down; pitch is judged only where the actions include look_up/look_down. Measured on
+    # LFW against an independent reference pose (`python -m benchmarks.liveness`, docs/liveness.md): five
+    # landmarks measure yaw well (r 0.94) and pitch not at all (r 0.23); these defaults pass 17 % of genuine
+    # attempts, turns only at yaw 10 (the DevTrain fit) 88 %, but a print tilted in the asked order then
+    # passed on DevTest, so that fit is offered, not shipped.
     gateway_liveness_deadline_s: float = 60.0
     gateway_liveness_result_ttl_s: float = 300.0
-    gateway_liveness_yaw_deg: float = 10.0
+    gateway_liveness_yaw_deg: float = 15.0
     gateway_liveness_pitch_deg: float = 10.0
     # the actions a challenge draws from (2 or 3 of them, distinct, random order); at least two
     gateway_liveness_actions: list[Literal["turn_left", "turn_right", "look_up", "look_down"]] = [
-        "turn_left", "turn_right"]
+        "turn_left", "turn_right", "look_up", "look_down"]
     # same person across frames: cosine to the first frame at least this 1:1 operating point's threshold
     gateway_liveness_identity_point: str = "fmr_1e-3"
     # Presentation-attack detection (the optional `face_pad` model): off | report | enforce, for every tenant

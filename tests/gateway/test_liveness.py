@@ -120,13 +120,17 @@ def test_turn_left_is_yaw_up_on_real_faces(acme):
     assert checked >= 5  # enough real turned faces to stand for the convention
 
 
-def test_default_challenges_are_turns_only(gw, keys):
-    """Five landmarks do not measure pitch (docs/liveness.md, benchmarks/liveness.py): by default challenges ask
-    for turns only and pitch is not judged (no pitch_deg offered); look up/down only by setting."""
+def test_default_challenges_draw_from_all_four_actions(gw, keys):
     with gw.client(keys["acme"]) as client:
         issued = [challenge(client) for _ in range(12)]
-    assert {a for body in issued for a in body["actions"]} == {"turn_left", "turn_right"}
-    assert all(body["pitch_deg"] is None for body in issued)
+    assert {a for body in issued for a in body["actions"]} == {"turn_left", "turn_right", "look_up", "look_down"}
+    assert all(body["pitch_deg"] == 10 for body in issued)
+
+
+def test_turns_only_challenges_do_not_judge_pitch(acme):
+    """A deployment whose challenges are turns only does not judge pitch (five landmarks do not measure it:
+    docs/liveness.md), and says so: no pitch_deg."""
+    assert challenge(acme)["pitch_deg"] is None
 
 
 def test_live_then_verify_bound_to_it(acme, obama, turns_gw, problem):
