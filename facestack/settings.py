@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     gateway_liveness_result_ttl_s: float = 300.0
     gateway_liveness_yaw_deg: float = 15.0
     gateway_liveness_pitch_deg: float = 10.0
+    # The same, in the face mesh's degrees, used where the pipeline returns the mesh's pose (`make mesh`; fitted on
+    # LFW DevTrain with `python -m benchmarks.liveness --pose mesh`, docs/liveness.md).
+    gateway_liveness_mesh_yaw_deg: float = 10.0
+    gateway_liveness_mesh_pitch_deg: float = 5.0
     # the actions a challenge draws from (2 or 3 of them, distinct, random order); at least two
     gateway_liveness_actions: list[Literal["turn_left", "turn_right", "look_up", "look_down"]] = [
         "turn_left", "turn_right", "look_up", "look_down"]

@@ -22,11 +22,11 @@ __all__ = ["Chosen", "QualityGate", "analyze_all", "face_json", "model_json", "s
 
 
 async def analyze_all(triton: TritonPipeline, items: list[tuple[str, ImageData]], embedder: str, *,
-                      request_id: str, max_faces: int = 16) -> list[Analysis]:
+                      request_id: str, max_faces: int = 16, mesh: bool = False) -> list[Analysis]:
     """One Triton call per (field, image), concurrently; the first failure (in argument order) is raised, an image's
-    own failure named after its field."""
+    own failure named after its field. `mesh`: ask for the face mesh too (liveness frames)."""
     results = await asyncio.gather(*(triton.analyze(image.data, embedder=embedder, max_faces=max_faces,
-                                                    request_id=request_id) for _, image in items),
+                                                    request_id=request_id, mesh=mesh) for _, image in items),
                                    return_exceptions=True)
     for (field, _), result in zip(items, results, strict=True):
         if isinstance(result, ApiError) and result.code not in BACKEND:

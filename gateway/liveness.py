@@ -17,7 +17,7 @@ import hashlib
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,6 +31,8 @@ INSTRUCTIONS = {
     "look_up": "tilt your head up (chin up)", "look_down": "tilt your head down (chin down)",
 }
 NEUTRAL = "neutral"
+# Where a frame's pose comes from: the face mesh (`make mesh`; docs/liveness.md) or YuNet's five landmarks.
+MESH, FIVE_POINT = "mesh", "five-point"
 DECISIONS = ("live", "not_live", "inconclusive")
 # Why a decision was taken: reason -> words (the answer carries both).
 REASONS = {
@@ -76,6 +78,7 @@ class Frame:
     landmarks: np.ndarray | None = None  # [5, 2] of the one face
     embedding: np.ndarray | None = None  # of the one face, L2-normalised
     pad_score: float | None = None
+    mesh_pose: tuple[float, float, float] | None = None  # yaw, pitch, roll from the face mesh, when it ran
 
 
 def judges_pitch(allowed: Sequence[str]) -> bool:
@@ -88,6 +91,17 @@ def thresholds(allowed: Sequence[str], yaw_deg: float, pitch_deg: float, identit
     pitch step: otherwise a nod during a turn would read as an unexpected action, and five landmarks measure
     pitch poorly (docs/liveness.md)."""
     return Thresholds(yaw_deg, pitch_deg if judges_pitch(allowed) else math.inf, identity)
+
+
+def judged_pose(frames: list[Frame]) -> tuple[list[Frame], str]:
+    """The frames with the pose the rule reads, and its source: the mesh's where every frame with one face has
+    one (it measures pitch, five landmarks do not: docs/liveness.md), else the five landmarks' for all frames
+    (never a mix: the thresholds are in one estimator's degrees)."""
+    faced = [f for f in frames if f.faces == 1]
+    if not faced or any(f.mesh_pose is None for f in faced):
+        return frames, FIVE_POINT
+    return [replace(f, yaw=f.mesh_pose[0], pitch=f.mesh_pose[1], roll=f.mesh_pose[2])  # type: ignore[index]
+            if f.faces == 1 else f for f in frames], MESH
 
 
 def digest(data: bytes) -> str:

@@ -184,8 +184,10 @@ class TritonPipeline:
         log.warning("triton error %s: %s", status, message)
         return ApiError("backend_unavailable", f"face pipeline: {message[:200]}", retry_after=self.backend_retry_after)
 
-    async def analyze(self, image: bytes, *, embedder: str, max_faces: int = 16, request_id: str = "") -> Analysis:
-        """Detect, align and embed every face of one encoded image (largest first)."""
+    async def analyze(self, image: bytes, *, embedder: str, max_faces: int = 16, request_id: str = "",
+                      mesh: bool = False) -> Analysis:
+        """Detect, align and embed every face of one encoded image (largest first); `mesh`: also the face mesh's
+        pose and eye openness, where the pipeline has the mesh (liveness frames only: it costs ~7 ms a face)."""
         await self.bulkhead.acquire()
         started = time.perf_counter()
         outcome = "error"
@@ -193,7 +195,7 @@ class TritonPipeline:
             for attempt in (1, 2):  # inference is idempotent: one retry when Triton is briefly unreachable
                 try:
                     inputs, outputs = build_request(grpcclient, image, embedder=embedder, max_faces=max_faces,
-                                                    served=await self._served_config())
+                                                    served=await self._served_config(), mesh=mesh)
                     result = await self.client.infer(MODEL, inputs, outputs=outputs, request_id=request_id,
                                                      client_timeout=self.timeout)
                     break

@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from facestack.triton.contract import OUTPUTS, PAD_OUTPUT, Served, build_request, image_error, parse_result
+from facestack.triton.contract import (
+    EYES_OUTPUT,
+    MESH_INPUT,
+    MESH_OUTPUTS,
+    MESH_POSE_OUTPUT,
+    OUTPUTS,
+    PAD_OUTPUT,
+    Served,
+    build_request,
+    image_error,
+    parse_result,
+)
 
 
 class FakeResult:
@@ -72,3 +83,35 @@ def test_image_error_reads_the_pipelines_refusals_only() -> None:
                                                                            "not a JPEG, PNG or WebP image")
     assert image_error("[request id: 7] image_too_large: 9000x9000 pixels")[0] == "image_too_large"
     assert image_error("internal: detector failed") is None
+
+
+def test_mesh_is_asked_for_only_where_served_and_requested() -> None:
+    config = {"max_batch_size": 8, "input": [{"name": "IMAGE"}, {"name": MESH_INPUT}],
+              "output": [{"name": n} for n in (*OUTPUTS, *MESH_OUTPUTS)]}
+    served = Served.from_config(config)
+    assert served.mesh and MESH_POSE_OUTPUT not in served.outputs  # verify/identify never ask for it
+    inputs, outputs = build_request(grpcclient, b"jpeg", served=served, mesh=True)
+    assert [t.name() for t in inputs] == ["IMAGE", MESH_INPUT] and inputs[1].datatype() == "BOOL"
+    assert [t.name() for t in outputs][-2:] == list(MESH_OUTPUTS)
+    inputs, outputs = build_request(grpcclient, b"jpeg", served=served)
+    assert [t.name() for t in inputs] == ["IMAGE"] and len(outputs) == len(OUTPUTS)
+    older = Served.from_config({"max_batch_size": 8, "output": [{"name": n} for n in OUTPUTS]})
+    assert not older.mesh  # a pipeline config without MESH: the flag is not sent (Triton would refuse it)
+    assert [t.name() for t in build_request(grpcclient, b"jpeg", served=older, mesh=True)[0]] == ["IMAGE"]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("faces", [0, 1, 3])
+def test_parse_mesh_outputs_per_face(batched: bool, faces: int) -> None:
+    result = _answer(faces, batched, pad=False)
+    assert parse_result(result).mesh_pose is None and all(f.mesh_pose is None for f in parse_result(result).faces)
+    pose = np.arange(faces * 3, dtype=np.float32).reshape(faces, 3)
+    eyes = np.full((faces, 2), 0.25, np.float32)
+    result.arrays.update({MESH_POSE_OUTPUT: pose[None] if batched else pose,
+                          EYES_OUTPUT: eyes[None] if batched else eyes})
+    analysis = parse_result(result)
+    assert analysis.mesh_pose.shape == (faces, 3) and analysis.eye_openness.shape == (faces, 2)
+    # each face keeps its own row when the faces are sorted by area
+    for face in analysis.faces:
+        i = next(k for k in range(faces) if np.array_equal(analysis.boxes[k], face.box))
+        assert face.mesh_pose == tuple(float(v) for v in pose[i]) and face.eye_openness == (0.25, 0.25)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from facestack.pipeline import detection, pad, quality
+from facestack.pipeline import detection, mesh, pad, quality
 from facestack.pipeline.alignment import align
 from facestack.pipeline.image import Decoded, ImageError, decode_reduced, fit, to_nchw
 
@@ -41,6 +41,7 @@ class Options:
     max_faces: int = 16
     min_face_size: float = 0.0
     embedder: str = ""  # an EmbedderSpec.name; "" = the pipeline's default_embedder
+    mesh: bool = False  # run the face mesh on each face (when the pipeline has one): liveness frames only
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Faces:
     embedder: EmbedderSpec
     embeddings: np.ndarray  # [F, D], L2-normalised
     pad_scores: np.ndarray | None = None  # [F] bona-fide scores, only when a face_pad model runs
+    mesh_pose: np.ndarray | None = None  # [F, 3] yaw, pitch, roll from the face mesh, only when asked and present
+    eye_openness: np.ndarray | None = None  # [F, 2] right, left (facestack.pipeline.mesh.eye_openness), the same
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -64,11 +67,14 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 class FacePipeline:
     def __init__(self, detect: DetectFn, embed: EmbedFn, embedders: Sequence[EmbedderSpec],
-                 parameters: PipelineParameters, pad_score: pad.PadFn | None = None) -> None:
+                 parameters: PipelineParameters, pad_score: pad.PadFn | None = None,
+                 face_mesh: mesh.FaceMesh | None = None) -> None:
         """`parameters`: face_pipeline's config (detector sizes and thresholds, pixel limit, reduced JPEG decoding;
-        facestack.triton.model_config); `pad_score`: the face_pad model, when one runs (facestack.pipeline.pad)."""
+        facestack.triton.model_config); `pad_score`: the face_pad model, when one runs (facestack.pipeline.pad);
+        `face_mesh`: the FaceMesh, when exported, run only for images whose Options ask for it."""
         self._detect = detect
         self._pad = pad_score
+        self._mesh = face_mesh
         self._embed = embed
         self.embedders = {spec.name: spec for spec in embedders}
         self.default_embedder = parameters.default_embedder
@@ -121,6 +127,8 @@ class FacePipeline:
                 quality=np.array(qualities, np.float32).reshape(-1, len(quality.FIELDS)),
                 image_size=d.size, embedder=spec, embeddings=np.zeros((0, spec.dim), np.float32),
             )
+            if self._mesh is not None and opts.mesh:
+                results[i].mesh_pose, results[i].eye_openness = self._mesh_faces(d, faces)  # type: ignore[union-attr]
             crops.setdefault(spec.name, []).extend((i, c) for c in aligned)
             if self._pad is not None:  # SFace's crop is the PAD contract's; another embedder's is aligned again
                 same = spec.size == pad.SIZE and np.allclose(spec.template, pad.TEMPLATE)
@@ -142,3 +150,12 @@ class FacePipeline:
             for i in decoded:
                 results[i].pad_scores = scores[owners == i]  # type: ignore[union-attr]
         return results  # type: ignore[return-value]
+
+    def _mesh_faces(self, decoded: Decoded, faces: detection.Detections) -> tuple[np.ndarray, np.ndarray]:
+        """([F, 3] yaw, pitch, roll; [F, 2] eye openness) of each face, from the mesh on the decoded image."""
+        assert self._mesh is not None
+        rgb = cv2.cvtColor(decoded.image, cv2.COLOR_BGR2RGB)
+        found = [self._mesh.run_face(rgb, box / decoded.factor, lm / decoded.factor)
+                 for box, lm in zip(faces.boxes, faces.landmarks, strict=True)]
+        return (np.array([(m.yaw, m.pitch, m.roll) for m in found], np.float32).reshape(-1, 3),
+                np.array([m.eyes for m in found], np.float32).reshape(-1, 2))

@@ -175,6 +175,15 @@ class Mesh:
     eyes: tuple[float, float]  # (right, left) eye openness
 
 
+def model_dir(repository: Path, model: str) -> Path | None:
+    """The newest version folder of `model` holding both files FaceMesh needs, or None (`make mesh` not run)."""
+    folder = repository / model
+    versions = sorted((int(p.name) for p in folder.glob("*")
+                       if p.name.isdigit() and (p / MODEL_FILE).exists() and (p / CANONICAL_FILE).exists()),
+                      reverse=True) if model and folder.is_dir() else []
+    return folder / str(versions[0]) if versions else None
+
+
 def _sigmoid(x: float) -> float:
     return float(1.0 / (1.0 + np.exp(-x)))
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from facestack.pipeline import detection, pad
+from facestack.pipeline import detection, mesh, pad
 from facestack.pipeline.faces import FacePipeline, Faces, Options
 from facestack.pipeline.image import ImageError
 from facestack.pipeline.runtime import InProcessModels, embedder_specs, onnx_session, session_options
-from facestack.triton.contract import PAD_OUTPUT
+from facestack.triton.contract import EYES_OUTPUT, MESH_INPUT, MESH_POSE_OUTPUT, PAD_OUTPUT
 from facestack.triton.model_config import PipelineParameters, parameters
 
 
@@ -75,7 +75,11 @@ class PipelineModel:
             raise pb_utils.TritonModelException(
                 f"composing_models must be in_process or triton, not {self.composing!r}")
         pad_score = self._pad_model(repository, params.pad_model, params.intra_op_threads)
-        self.pipeline = FacePipeline(detect, embed, specs, params, pad_score=pad_score)
+        # The face mesh runs in this process in every composing mode (a ~7 ms CPU model, asked for by liveness
+        # frames only); absent until `make mesh` exports it.
+        mesh_dir = mesh.model_dir(repository, params.mesh_model)
+        face_mesh = mesh.FaceMesh(mesh_dir, threads=max(1, params.intra_op_threads)) if mesh_dir else None
+        self.pipeline = FacePipeline(detect, embed, specs, params, pad_score=pad_score, face_mesh=face_mesh)
 
     def _pad_model(self, repository: Path, name: str, threads: int) -> pad.PadFn | None:
         """The face_pad slot (facestack.pipeline.pad): called when `pad_model` names a model that is in the
@@ -118,7 +122,8 @@ class PipelineModel:
         embedder = scalar("EMBEDDER", b"")  # "": the pipeline's default_embedder
         return Options(max_faces=int(scalar("MAX_FACES", Options.max_faces)),
                        min_face_size=float(scalar("MIN_FACE_SIZE", Options.min_face_size)),
-                       embedder=embedder.decode() if isinstance(embedder, bytes) else str(embedder))
+                       embedder=embedder.decode() if isinstance(embedder, bytes) else str(embedder),
+                       mesh=bool(scalar(MESH_INPUT, False)))
 
     def _response(self, faces: Faces) -> object:
         tensors = {
@@ -129,6 +134,9 @@ class PipelineModel:
         out = [pb_utils.Tensor(name, np.ascontiguousarray(array[None])) for name, array in tensors.items()]
         if faces.pad_scores is not None:  # optional output: only while a face_pad model runs
             out.append(pb_utils.Tensor(PAD_OUTPUT, np.ascontiguousarray(faces.pad_scores.astype(np.float32)[None])))
+        if faces.mesh_pose is not None:  # optional outputs: only when asked (MESH) and the mesh is exported
+            out.append(pb_utils.Tensor(MESH_POSE_OUTPUT, np.ascontiguousarray(faces.mesh_pose[None])))
+            out.append(pb_utils.Tensor(EYES_OUTPUT, np.ascontiguousarray(faces.eye_openness[None])))
         out.append(pb_utils.Tensor("IMAGE_SIZE", np.array([faces.image_size], np.int32)))
         out.append(pb_utils.Tensor("EMBEDDER_MODEL", np.array([[self.versions[faces.embedder.name].encode()]],
                                                                dtype=object)))

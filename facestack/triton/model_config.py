@@ -52,6 +52,7 @@ class PipelineParameters:
     detector_model: str = DETECTOR_MODEL
     embedder_max_batch: int = 64  # crops per BLS call to an embedder
     pad_model: str = ""  # the face_pad slot ("" = never called)
+    mesh_model: str = ""  # the FaceMesh folder (`make mesh`), run on request (MESH); "" = never
 
     @classmethod
     def from_config(cls, config: dict) -> PipelineParameters:
@@ -65,7 +66,7 @@ class PipelineParameters:
         if params["default_embedder"] not in embedders:
             raise ValueError(f"default_embedder {params['default_embedder']!r} is not one of {sorted(embedders)}")
         optional = {"composing_models": str, "intra_op_threads": int, "detector_model": str,
-                    "embedder_max_batch": int, "pad_model": str}
+                    "embedder_max_batch": int, "pad_model": str, "mesh_model": str}
         return cls(
             embedders=embedders, default_embedder=params["default_embedder"],
             detector_sizes=tuple(sorted(int(v) for v in params["detector_sizes"].split(","))),

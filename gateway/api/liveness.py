@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from fastapi import APIRouter, Request
 
@@ -44,7 +46,7 @@ def _frame(data: bytes, analysis: Analysis, min_face_size: float) -> liveness.Fr
         return liveness.Frame(liveness.digest(data), len(usable))
     face = usable[0]
     return liveness.Frame(liveness.digest(data), 1, face.quality["yaw"], face.quality["pitch"], face.quality["roll"],
-                          np.asarray(face.landmarks, np.float64), face.embedding, face.pad_score)
+                          np.asarray(face.landmarks, np.float64), face.embedding, face.pad_score, face.mesh_pose)
 
 
 @router.post("/challenges/{challenge_id}/frames", response_model=LivenessResult,
@@ -72,13 +74,18 @@ async def frames(challenge_id: str, request: Request, principal: VerifyKey, sett
     analyses: list[Analysis] = []
     if not expired:  # an expired challenge is not worth the pipeline's time
         analyses = await analyze_all(triton, [(f"frames[{i}]", image) for i, image in enumerate(found)],
-                                     settings.gateway_default_embedder, request_id=rid, max_faces=4)
+                                     settings.gateway_default_embedder, request_id=rid, max_faces=4, mesh=True)
     # Claimed after the pipeline ran, so a frame it refuses (400/413/415) does not use the challenge up.
     if not await challenges.claim(principal.tenant, challenge.id, "frames"):
         raise ApiError("challenge_used", f"challenge {challenge.id!r} was already answered; request a new one",
                        challenge_id=challenge.id)
-    thresholds = liveness.thresholds(settings.gateway_liveness_actions, settings.gateway_liveness_yaw_deg,
-                                     settings.gateway_liveness_pitch_deg, 0.0)
+    observed, source = liveness.judged_pose([_frame(image.data, analysis, gate.min_face_size)
+                                             for image, analysis in zip(found, analyses, strict=False)])
+    mesh = source == liveness.MESH  # its thresholds are in the mesh's degrees (docs/liveness.md)
+    thresholds = liveness.thresholds(
+        settings.gateway_liveness_actions,
+        settings.gateway_liveness_mesh_yaw_deg if mesh else settings.gateway_liveness_yaw_deg,
+        settings.gateway_liveness_mesh_pitch_deg if mesh else settings.gateway_liveness_pitch_deg, 0.0)
     model = version = ""
     point = settings.gateway_liveness_identity_point
     if analyses:
@@ -88,8 +95,6 @@ async def frames(challenge_id: str, request: Request, principal: VerifyKey, sett
                            "challenge", retry_after=1)
         identity = points.decide(model, version, name=point).threshold
         thresholds = liveness.Thresholds(thresholds.yaw_deg, thresholds.pitch_deg, identity)
-    observed = [_frame(image.data, analysis, gate.min_face_size)
-                for image, analysis in zip(found, analyses, strict=False)]
     enforce = pad.policy(settings, principal.tenant) == "enforce"
     outcome = liveness.evaluate(challenge.actions, observed, thresholds, expired=expired,
                                 pad_threshold=settings.gateway_pad_threshold if enforce else None)
@@ -105,7 +110,9 @@ async def frames(challenge_id: str, request: Request, principal: VerifyKey, sett
                 model=f"{model}:{version}" if model else None, request_id=rid)
     return {"challenge_id": challenge.id, "decision": outcome.decision, "reason": outcome.reason,
             "detail": outcome.detail, "frame": outcome.frame, "actions": challenge.actions, "steps": outcome.steps,
-            "frames": outcome.frames, "identity_threshold": thresholds.identity, "identity_operating_point": point,
+            "frames": outcome.frames, "pose_source": source, "yaw_deg": thresholds.yaw_deg,
+            "pitch_deg": thresholds.pitch_deg if math.isfinite(thresholds.pitch_deg) else None,
+            "identity_threshold": thresholds.identity, "identity_operating_point": point,
             "model": model_json(analyses[0]) if analyses else {"embedder": "", "name": "", "version": ""},
             "request_id": rid}
 

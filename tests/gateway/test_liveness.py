@@ -25,7 +25,9 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from facestack.artifacts import photo_bytes
+from facestack.pipeline import mesh
 from facestack.pipeline import pad as pad_contract
+from facestack.settings import REPO_ROOT
 from facestack.triton.launcher import TritonServer
 from gateway.audit import verify_chain
 
@@ -140,6 +142,9 @@ def test_live_then_verify_bound_to_it(acme, obama, turns_gw, problem):
     body = r.json()
     assert (body["decision"], body["reason"]) == ("live", "all_steps"), body
     assert all(s["passed"] for s in body["steps"]) and body["identity_operating_point"] == "fmr_1e-3"
+    # judged by the face mesh's pose where `make mesh` exported it, else by the five landmarks' (docs/liveness.md)
+    meshed = mesh.model_dir(REPO_ROOT / "model_repository", "face_mesh") is not None
+    assert body["pose_source"] == ("mesh" if meshed else "five-point")
     assert [f["pose"] for f in body["frames"]] == ["neutral", *issued["actions"]]
 
     verify = {"liveness_challenge": issued["challenge_id"]}

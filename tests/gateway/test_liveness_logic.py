@@ -7,6 +7,7 @@ so removing that check fails the test. The same outcomes through the real Triton
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -138,3 +139,32 @@ def test_pitch_is_judged_only_where_a_challenge_can_ask_for_it():
     everything = liveness.thresholds(liveness.ACTIONS, 15.0, 10.0, 0.368)
     assert evaluate(["turn_left", "turn_right"], nod, turns).reason == "all_steps"
     assert evaluate(["turn_left", "turn_right"], nod, everything).reason == "unexpected_action"
+
+
+def with_mesh(f: Frame, yaw: float, pitch: float) -> Frame:
+    return replace(f, mesh_pose=(yaw, pitch, 0.0))
+
+
+def test_the_mesh_pose_judges_when_every_face_has_one():
+    """The five-point pitch of these frames is flat (it misses the nod), the mesh's shows it: with the mesh's
+    pose the look_down step is seen; the frame without a face keeps its own (empty) pose."""
+    five = attempt(["neutral", "turn_left", "neutral"])
+    meshed = [with_mesh(five[0], 0.0, 0.0), with_mesh(five[1], 20.0, 1.0), with_mesh(five[2], 1.0, 12.0),
+              Frame("digest-none", 0)]
+    frames, source = liveness.judged_pose(meshed)
+    assert source == liveness.MESH
+    assert [(f.yaw, f.pitch) for f in frames[:3]] == [(0.0, 0.0), (20.0, 1.0), (1.0, 12.0)]
+    assert frames[3] == meshed[3]
+    assert evaluate(["turn_left", "look_down"], frames[:3], TH).reason == "all_steps"
+    assert evaluate(["turn_left", "look_down"], five, TH).reason == "step_missing"
+
+
+def test_without_a_mesh_pose_on_every_face_the_five_points_judge_all():
+    """Never a mix of estimators in one decision (their degrees differ): one face without a mesh pose and
+    every frame keeps its five-point pose."""
+    five = attempt(["neutral", "turn_left", "turn_right"])
+    mixed = [with_mesh(five[0], 3.0, 3.0), five[1], with_mesh(five[2], -30.0, 0.0)]
+    frames, source = liveness.judged_pose(mixed)
+    assert source == liveness.FIVE_POINT and frames == mixed
+    assert liveness.judged_pose(five) == (five, liveness.FIVE_POINT)
+    assert liveness.judged_pose([])[1] == liveness.FIVE_POINT
