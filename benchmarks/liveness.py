@@ -36,10 +36,9 @@ from facestack.pipeline import choice
 from facestack.pipeline.faces import FacePipeline, Options
 from facestack.pipeline.runtime import InProcessModels, embedder_specs
 from facestack.settings import REPO_ROOT, get_settings
+from facestack.triton.model_config import pipeline_parameters
 from gateway import liveness
 from gateway.operating_points import OperatingPoints
-
-DETECTOR_SIZES = (480, 640)  # face_pipeline's config.pbtxt
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class Runner:
     def __init__(self, repository: Path, min_face_size: float) -> None:
         specs, self.versions = embedder_specs(repository)
         models = InProcessModels(repository, specs, 2)
-        self.pipeline = FacePipeline(models.detect, models.embed, specs, detector_sizes=DETECTOR_SIZES)
+        self.pipeline = FacePipeline(models.detect, models.embed, specs, pipeline_parameters(repository))
         self.min_face_size = min_face_size
 
     def measure(self, images: list[bytes]) -> list[Measured | None]:
