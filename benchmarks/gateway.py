@@ -36,7 +36,7 @@ import tritonclient.grpc.aio as grpcaio
 
 from facestack.artifacts import photo_bytes
 from facestack.settings import REPO_ROOT
-from facestack.triton.client import MODEL, build_request, parse_result
+from facestack.triton.contract import MODEL, build_request, parse_result
 from facestack.triton.launcher import TritonServer
 from gateway.auth import new_key
 from gateway.metrics import Metrics
@@ -151,7 +151,7 @@ async def http_levels(url: str, name: str, levels: list[int], seconds: float, wa
 def embed(triton_url: str, image: bytes) -> tuple[np.ndarray, str, str]:
     import tritonclient.grpc as grpcclient
 
-    from facestack.triton.client import infer
+    from facestack.triton.contract import infer
 
     with grpcclient.InferenceServerClient(triton_url) as client:
         result = infer(client, image)

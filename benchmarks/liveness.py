@@ -42,10 +42,10 @@ from facestack.pipeline import choice
 from facestack.pipeline.faces import FacePipeline, Options
 from facestack.pipeline.runtime import InProcessModels, embedder_specs
 from facestack.settings import REPO_ROOT, get_settings
+from facestack.triton.model_config import pipeline_parameters
 from gateway import liveness
 from gateway.operating_points import OperatingPoints
 
-DETECTOR_SIZES = (480, 640)  # face_pipeline's config.pbtxt
 TURNS = ("turn_left", "turn_right")
 SPLITS = {"train": VIEW1_TRAIN, "test": VIEW1_TEST}
 REPLAY_TRIES = 10  # random challenges answered with each replayed photo's frames
@@ -78,7 +78,7 @@ class Runner:
     def __init__(self, repository: Path, min_face_size: float) -> None:
         specs, self.versions = embedder_specs(repository)
         models = InProcessModels(repository, specs, 2)
-        self.pipeline = FacePipeline(models.detect, models.embed, specs, detector_sizes=DETECTOR_SIZES)
+        self.pipeline = FacePipeline(models.detect, models.embed, specs, pipeline_parameters(repository))
         self.min_face_size = min_face_size
         self.reference: reference_pose.ReferencePose | None = None
 

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,10 +40,11 @@ from facestack.pipeline.faces import FacePipeline, Options
 from facestack.pipeline.image import decode_reduced
 from facestack.pipeline.runtime import InProcessModels, embedder_specs
 from facestack.settings import REPO_ROOT
-from facestack.triton import client as pipeline_client
+from facestack.triton import contract as pipeline_client
 from facestack.triton.launcher import TritonServer
+from facestack.triton.model_config import pipeline_parameters
 
-THREADS = 2  # onnxruntime threads per session, as config.pbtxt runs them
+THREADS = 2  # onnxruntime threads per session: the ceiling uses both cores in one process
 LFW_DEFAULT = REPO_ROOT.parent / "shared" / "datasets" / "lfw-view1"
 LFW_PHOTOS = 48  # distinct DevTest photos in the LFW-size set
 
@@ -159,10 +161,14 @@ class TimedModels(InProcessModels):
         return out
 
 
-def in_process(repository: Path, decode_min_long_side: int = 1280) -> tuple[FacePipeline, TimedModels]:
-    specs, _ = embedder_specs(repository)
-    models = TimedModels(repository, specs, THREADS)
-    return FacePipeline(models.detect, models.embed, specs, decode_min_long_side=decode_min_long_side), models
+def in_process(repository: Path, decode_min_long_side: int | None = None) -> tuple[FacePipeline, TimedModels]:
+    """The served config's pipeline (optionally with another decode_min_long_side) on in-process sessions."""
+    served = pipeline_parameters(repository)
+    if decode_min_long_side is not None:
+        served = replace(served, decode_min_long_side=decode_min_long_side)
+    specs, _ = embedder_specs(repository, served.embedders)
+    models = TimedModels(repository, specs, THREADS, served.detector_model)
+    return FacePipeline(models.detect, models.embed, specs, served), models
 
 
 def ceiling(pipeline: FacePipeline, photos: list[bytes], seconds: float) -> dict:
@@ -194,7 +200,7 @@ def decode_ms(data: bytes, min_long_side: int, runs: int = 10) -> float:
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        decode_reduced(data, min_long_side=min_long_side)
+        decode_reduced(data, pipeline_parameters().max_pixels, min_long_side=min_long_side)
         samples.append((time.perf_counter() - start) * 1000)
     return round(statistics.median(samples), 2)
 
@@ -299,7 +305,7 @@ def run(seconds: float, lfw: Path, out: Path, with_peer: bool = True) -> dict:
     full, _ = in_process(repository, decode_min_long_side=0)
     big = sets["12mp"][0]
     results["12mp_reduced_decoding"] = {
-        "decode_ms": {"full": decode_ms(big, 0), "reduced": decode_ms(big, 1280)},
+        "decode_ms": {"full": decode_ms(big, 0), "reduced": decode_ms(big, pipeline.decode_min_long_side)},
         "pipeline_p50_ms": {"full": percentiles(timed(lambda _n: full.run([big], [Options()]), seconds))["p50_ms"],
                             "reduced": results["in_process"]["12mp"]["p50_ms"]}}
 

@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 from export import sface
 from export.weights import SFACE_INT8BQ
 from facestack.artifacts import fetch
+from facestack.pipeline.runtime import onnx_session, session_options
 
 NAIVE, EXPORTED = "naive fold", "+ PRelu as s*x + (1-s)*Relu(x) = exported"
 LEVELS = {"ORT basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -68,14 +69,11 @@ def variants(naive: onnx.ModelProto) -> dict[str, bytes]:
 def kernel_ms_by_op(model: bytes, level: ort.GraphOptimizationLevel, runs: int) -> dict[str, float]:
     """onnxruntime's own profile: kernel time per op type, ms per batch-1 run, largest first."""
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = sface.BENCH_THREADS
-        options.graph_optimization_level = level
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as sface.session
+        options = session_options(sface.BENCH_THREADS, level)
         options.log_severity_level = 3
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        sess = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        sess = onnx_session(model, options)
         for _ in range(runs):
             sess.run(None, {sface.INPUT_NAME: sface.sample_batch(1)})
         events = json.loads(Path(sess.end_profiling()).read_text())

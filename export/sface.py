@@ -25,6 +25,8 @@ import onnxslim
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from facestack.pipeline.runtime import onnx_session, session_options
+
 INPUT_SIZE = 112
 EMBEDDING_DIM = 128
 INPUT_NAME = "input"
@@ -237,20 +239,10 @@ def optimise_graph(model: onnx.ModelProto, passes: tuple[tuple[str, Pass], ...] 
 
 def session(model: onnx.ModelProto | bytes | Path, threads: int = BENCH_THREADS,
             level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
-    """A CPU onnxruntime session set up like the served one (facestack.pipeline.runtime): no spinning threads.
-
-    ORT_ENABLE_ALL is the default of onnxruntime and of Triton's onnxruntime backend.
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = level
+    """A CPU onnxruntime session set up like the served one (facestack.pipeline.runtime.session_options)."""
+    options = session_options(threads, level)
     options.log_severity_level = 3  # the naive fold warns once per initializer-input
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
-                                providers=["CPUExecutionProvider"])
+    return onnx_session(model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, options)
 
 
 def sample_batch(batch: int, seed: int = 0) -> np.ndarray:

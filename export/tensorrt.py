@@ -13,16 +13,22 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from facestack.pipeline.image import DETECTOR_SIZES_DEFAULT
+from facestack.pipeline.runtime import embedder_specs
+from facestack.triton.model_config import pipeline_parameters
 
 Profile = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-# Optimisation profiles (min, opt, max) per model input, matching max_batch_size in the configs; the
-# detector has one per detector size the pipeline uses (configs/plan.pbtxt lists them for its instances).
-PROFILES: dict[str, list[Profile]] = {
-    "face_detector": [((1, 3, s, s), (4, 3, s, s), (16, 3, s, s)) for s in DETECTOR_SIZES_DEFAULT],
-    "face_embedder": [((1, 3, 112, 112), (16, 3, 112, 112), (64, 3, 112, 112))],
-    "face_embedder_dlib": [((1, 3, 150, 150), (16, 3, 150, 150), (64, 3, 150, 150))],
-}
+
+
+def profiles(repository: Path) -> dict[str, list[Profile]]:
+    """Optimisation profiles (min, opt, max) per model input, matching max_batch_size in the configs: the detector
+    has one per detector size of face_pipeline's plan config (configs/plan.pbtxt lists them for its instances),
+    each embedder one at its crop size (its manifest)."""
+    served = pipeline_parameters(repository, "plan")
+    out = {served.detector_model: [((1, 3, s, s), (4, 3, s, s), (16, 3, s, s)) for s in served.detector_sizes]}
+    for spec in embedder_specs(repository, served.embedders)[0]:
+        n = spec.size
+        out[spec.model] = [((1, 3, n, n), (16, 3, n, n), (64, 3, n, n))]
+    return out
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -69,9 +75,9 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile]) -> Non
 
 def build_all(repository: Path) -> None:
     check_environment()
-    for model, profiles in PROFILES.items():
+    for model, shapes in profiles(repository).items():
         onnx_path = repository / model / "1" / "model.onnx"
         if not onnx_path.exists():
             raise RuntimeError(f"{onnx_path} is missing: export the ONNX models first")
-        build_plan(onnx_path, onnx_path.with_name("model.plan"), profiles)
+        build_plan(onnx_path, onnx_path.with_name("model.plan"), shapes)
         print(f"  {model}: TensorRT FP16 plan -> {onnx_path.with_name('model.plan')}", flush=True)

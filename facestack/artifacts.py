@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from facestack import REPO_ROOT
 
 
 class ArtifactError(RuntimeError):

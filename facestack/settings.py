@@ -9,8 +9,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from facestack import REPO_ROOT
+
 PadPolicy = Literal["off", "report", "enforce"]
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):

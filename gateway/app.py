@@ -21,7 +21,8 @@ from fastapi.staticfiles import StaticFiles
 from facestack.settings import Settings, get_settings
 from gateway import errors
 from gateway.api import galleries, health, liveness, recognition
-from gateway.api.common import EXTRA_SCHEMAS, Services
+from gateway.api.common import EXTRA_SCHEMAS
+from gateway.api.deps import Services
 from gateway.audit import AuditLog
 from gateway.auth import LiveKeys, check_env_key
 from gateway.challenges import Challenges
@@ -85,13 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit = AuditLog(audit_target(settings), retry_after=settings.gateway_backend_retry_after_s)
         app.state.keys = keys
         app.state.idempotency = Idempotency(store, settings.gateway_idempotency_ttl_s)
-        app.state.challenges = Challenges(store, deadline_s=settings.gateway_liveness_deadline_s,
-                                          result_ttl_s=settings.gateway_liveness_result_ttl_s)
-        app.state.settings = settings
-        app.state.services = Services(
+        app.state.services = Services(  # what routes reach through gateway/api/deps.py
             settings=settings, triton=triton, store=store, audit=audit, metrics=metrics,
             points=OperatingPoints(Path(settings.model_repository)),
-            gate=QualityGate.from_settings(settings), sizes=GallerySizes(store))
+            gate=QualityGate.from_settings(settings), sizes=GallerySizes(store),
+            challenges=Challenges(store, deadline_s=settings.gateway_liveness_deadline_s,
+                                  result_ttl_s=settings.gateway_liveness_result_ttl_s))
         log.info("gateway ready: triton %s, milvus %s, %d API key(s)", settings.triton_grpc_url,
                  "lite" if store.lite else store.uri, len(keys))
         try:

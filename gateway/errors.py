@@ -45,6 +45,8 @@ CODES: dict[str, tuple[int, str]] = {
     "audit_unavailable": (503, "The audit log cannot be written"),
     "timeout": (504, "A backend did not answer in time"),
 }
+# A backend's trouble rather than the request's: never blamed on a request field.
+BACKEND = ("rate_limited", "backend_unavailable", "timeout")
 
 
 class ApiError(Exception):

@@ -6,16 +6,48 @@ the accuracy tool measures them on LFW; this module applies them to a Triton ans
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 
 from facestack.pipeline import choice
 from facestack.pipeline.quality import GATE_WORDS, QualityGate
-from gateway.errors import ApiError
-from gateway.triton_client import Analysis, DetectedFace
+from facestack.triton.contract import Analysis, DetectedFace
+from gateway.errors import BACKEND, ApiError
+from gateway.images import ImageData
+from gateway.triton_client import TritonPipeline
 
-__all__ = ["Chosen", "QualityGate", "select"]
+__all__ = ["Chosen", "QualityGate", "analyze_all", "face_json", "model_json", "select"]
+
+
+async def analyze_all(triton: TritonPipeline, items: list[tuple[str, ImageData]], embedder: str, *,
+                      request_id: str, max_faces: int = 16) -> list[Analysis]:
+    """One Triton call per (field, image), concurrently; the first failure (in argument order) is raised, an image's
+    own failure named after its field."""
+    results = await asyncio.gather(*(triton.analyze(image.data, embedder=embedder, max_faces=max_faces,
+                                                    request_id=request_id) for _, image in items),
+                                   return_exceptions=True)
+    for (field, _), result in zip(items, results, strict=True):
+        if isinstance(result, ApiError) and result.code not in BACKEND:
+            result.detail = f"{field}: {result.detail}" if not result.detail.startswith(field) else result.detail
+            result.extra.setdefault("field", field)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def model_json(analysis: Analysis) -> dict:
+    """The model an answer's templates come from, as the API shows it."""
+    return {"embedder": analysis.embedder, "name": analysis.model, "version": analysis.version}
+
+
+def face_json(face: DetectedFace) -> dict:
+    """A face as the API shows it (rounded)."""
+    return {"box": [round(float(v), 2) for v in face.box], "score": round(face.score, 4),
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
+            "quality": {k: round(v, 3) for k, v in face.quality.items()}}
 
 
 @dataclass(frozen=True)
@@ -32,7 +64,7 @@ class Chosen:
         return self.face.embedding
 
     def public(self) -> dict:
-        return {**self.face.public(), "selection": {"policy": self.policy, "reason": choice.WHY[self.reason],
+        return {**face_json(self.face), "selection": {"policy": self.policy, "reason": choice.WHY[self.reason],
                                                    "faces_found": self.faces_found}}
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from facestack.pipeline.image import sniff_format
 from gateway import exif
 from gateway.errors import ApiError
 
@@ -32,17 +33,6 @@ class ImageData:
     orientation: int = 1  # EXIF orientation, 1-8 (gateway/exif.py)
 
 
-def sniff(data: bytes) -> str | None:
-    """'jpeg', 'png' or 'webp' from the leading bytes (the same rule as the Triton pipeline), else None."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
-
-
 def admit(data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image") -> ImageData:
     """Check an encoded image against the limits; raise ApiError with the matching code if it fails."""
     if len(data) > max_bytes:
@@ -50,7 +40,7 @@ def admit(data: bytes, *, max_bytes: int, max_pixels: int, field: str = "image")
                        field=field)
     if not data:
         raise ApiError("invalid_image", f"{field}: empty image", field=field)
-    fmt = sniff(data)
+    fmt = sniff_format(data)  # the Triton pipeline's own rule
     if fmt is None:
         kind = "an image format" if data.startswith(_OTHER_IMAGE_MAGIC) else "a format"
         raise ApiError("unsupported_media_type", f"{field}: {kind} other than JPEG, PNG or WebP", field=field)

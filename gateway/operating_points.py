@@ -24,15 +24,6 @@ from gateway.errors import ApiError
 
 log = logging.getLogger("gateway")
 
-EMBEDDER_MODELS = {"sface": "face_embedder", "dlib": "face_embedder_dlib"}
-
-
-
-def embedder_name(model: str) -> str:
-    """'face_embedder' -> 'sface' (the name requests use)."""
-    return next((name for name, m in EMBEDDER_MODELS.items() if m == model), model)
-
-
 # A request's threshold override must stay inside these (cosine) when no calibrated operating point exists
 # (with calibration the floor is the loosest calibrated threshold). Below the floor nearly any two faces
 # match (SFace impostors reach about 0.3, dlib's about 0.9 on LFW); above the ceiling almost nothing does.

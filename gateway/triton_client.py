@@ -1,6 +1,7 @@
 """The one call per image to Triton's `face_pipeline` (gRPC, asyncio), behind a bulkhead.
 
-Contract: docs/architecture.md. The bulkhead bounds calls in flight (Triton's CPU is the bottleneck: more
+Transport only (channel, bulkhead, retry, errors as ApiError): the tensors, the request and the answer are
+facestack.triton.contract's. The bulkhead bounds calls in flight (Triton's CPU is the bottleneck: more
 concurrency only queues inside Triton) and the number waiting; past that the gateway answers 429 at once
 instead of letting latency grow without bound.
 
@@ -15,55 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import time
-from dataclasses import dataclass
 
-import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from facestack.triton.contract import MODEL, Analysis, Served, build_request, image_error, parse_result
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
 from gateway.timing import record
 
 log = logging.getLogger("gateway")
-
-PIPELINE = "face_pipeline"
-OUTPUTS = ("BOXES", "SCORES", "LANDMARKS", "EMBEDDINGS", "QUALITY", "IMAGE_SIZE", "EMBEDDER_MODEL")
-PAD_OUTPUT = "PAD_SCORES"  # optional: only when a face_pad model runs (docs/architecture.md)
-QUALITY_FIELDS = ("face_size", "sharpness", "yaw", "pitch", "roll", "brightness")
-_CODE = re.compile(r"\b(invalid_image|image_too_large|invalid_argument):\s*(.*)", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class DetectedFace:
-    box: np.ndarray  # [4] x1, y1, x2, y2
-    score: float
-    landmarks: np.ndarray  # [5, 2]
-    quality: dict[str, float]
-    embedding: np.ndarray  # [D], L2-normalised
-    pad_score: float | None = None  # the face_pad model's bona-fide score, when one runs (docs/liveness.md)
-
-    @property
-    def area(self) -> float:
-        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
-
-    def public(self) -> dict:
-        return {"box": [round(float(v), 2) for v in self.box], "score": round(self.score, 4),
-                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
-                "quality": {k: round(v, 3) for k, v in self.quality.items()}}
-
-
-@dataclass(frozen=True)
-class Analysis:
-    faces: list[DetectedFace]  # largest first
-    width: int
-    height: int
-    model: str  # Triton model of the templates, e.g. face_embedder
-    version: str
-
 
 class Bulkhead:
     """At most `limit` holders; at most `queue` waiters; anyone beyond gets rate_limited (429)."""
@@ -132,13 +96,6 @@ def resolve_endpoints(target: str) -> list[str]:
     return sorted({f"{info[4][0]}:{info[4][1]}" for info in infos})
 
 
-def _squeeze(array: np.ndarray, ndim: int) -> np.ndarray:
-    # With max_batch_size > 0 Triton adds a leading batch axis of 1; the contract shapes are without it.
-    while array.ndim > ndim and array.shape[0] == 1:
-        array = array[0]
-    return array
-
-
 class TritonPipeline:
     def __init__(self, url: str, *, timeout: float, concurrency: int, queue: int, retry_after: int,
                  backend_retry_after: int, metrics: Metrics, channel_max_age: float = 0.0) -> None:
@@ -149,8 +106,7 @@ class TritonPipeline:
         self.metrics = metrics
         self.bulkhead = Bulkhead(concurrency, queue, retry_after, metrics, timeout)
         self._client: grpcclient.InferenceServerClient | None = None
-        self._batched: bool | None = None  # learnt from the model config on first use
-        self._outputs: tuple[str, ...] = OUTPUTS  # plus PAD_OUTPUT where the config declares it
+        self._served: Served | None = None  # learnt from the model config on first use
         self._tasks: set[asyncio.Task[None]] = set()
         self._retired: list[grpcclient.InferenceServerClient] = []  # replaced channels still finishing calls
 
@@ -205,40 +161,22 @@ class TritonPipeline:
 
     async def ready(self, timeout: float = 2.0) -> bool:
         try:
-            return bool(await self.client.is_model_ready(PIPELINE, client_timeout=timeout))
+            return bool(await self.client.is_model_ready(MODEL, client_timeout=timeout))
         except (InferenceServerException, ApiError):
             return False
 
-    async def _is_batched(self) -> bool:
-        if self._batched is None:
-            config = await self.client.get_model_config(PIPELINE, as_json=True, client_timeout=self.timeout)
-            config = config.get("config", config)
-            self._batched = int(config.get("max_batch_size", 0)) > 0
-            declared = {output.get("name") for output in config.get("output", [])}
-            self._outputs = OUTPUTS + ((PAD_OUTPUT,) if PAD_OUTPUT in declared else ())
-        return self._batched
-
-    def _inputs(self, image: bytes, embedder: str, max_faces: int, batched: bool) -> list[grpcclient.InferInput]:
-        lead = (1,) if batched else ()
-        values = {
-            "IMAGE": np.array([image], dtype=np.object_),
-            "EMBEDDER": np.array([embedder.encode()], dtype=np.object_),
-            "MAX_FACES": np.array([max_faces], dtype=np.int32),
-        }
-        inputs = []
-        for name, value in values.items():
-            value = value.reshape(lead + value.shape)
-            tensor = grpcclient.InferInput(name, list(value.shape), "BYTES" if value.dtype == np.object_ else "INT32")
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        return inputs
+    async def _served_config(self) -> Served:
+        if self._served is None:
+            config = await self.client.get_model_config(MODEL, as_json=True, client_timeout=self.timeout)
+            self._served = Served.from_config(config)
+        return self._served
 
     def _error(self, exc: InferenceServerException) -> ApiError:
         status, message = exc.status() or "", exc.message() or str(exc)
-        match = _CODE.search(message)
-        if match:
-            code = {"invalid_argument": "validation_error"}.get(match.group(1), match.group(1))
-            return ApiError(code, match.group(2).strip() or message)
+        refused = image_error(message)
+        if refused:
+            code, detail = refused
+            return ApiError({"invalid_argument": "validation_error"}.get(code, code), detail)
         if "DEADLINE_EXCEEDED" in status:
             return ApiError("timeout", f"the face pipeline did not answer within {self.timeout:g} s")
         if "RESOURCE_EXHAUSTED" in status:
@@ -254,11 +192,10 @@ class TritonPipeline:
         try:
             for attempt in (1, 2):  # inference is idempotent: one retry when Triton is briefly unreachable
                 try:
-                    batched = await self._is_batched()
-                    result = await self.client.infer(
-                        PIPELINE, self._inputs(image, embedder, max_faces, batched),
-                        outputs=[grpcclient.InferRequestedOutput(n) for n in self._outputs],
-                        request_id=request_id, client_timeout=self.timeout)
+                    inputs, outputs = build_request(grpcclient, image, embedder=embedder, max_faces=max_faces,
+                                                    served=await self._served_config())
+                    result = await self.client.infer(MODEL, inputs, outputs=outputs, request_id=request_id,
+                                                     client_timeout=self.timeout)
                     break
                 except InferenceServerException as exc:
                     if attempt == 1 and "UNAVAILABLE" in (exc.status() or ""):
@@ -273,24 +210,4 @@ class TritonPipeline:
             self.bulkhead.release()
             self.metrics.triton.labels(outcome).observe(elapsed)
             record("triton", started, started + elapsed)
-        return self._parse(result)
-
-    @staticmethod
-    def _parse(result: grpcclient.InferResult) -> Analysis:
-        boxes = _squeeze(result.as_numpy("BOXES"), 2)
-        scores = _squeeze(result.as_numpy("SCORES"), 1)
-        landmarks = _squeeze(result.as_numpy("LANDMARKS"), 3)
-        embeddings = _squeeze(result.as_numpy("EMBEDDINGS"), 2)
-        quality = _squeeze(result.as_numpy("QUALITY"), 2)
-        height, width = (int(v) for v in result.as_numpy("IMAGE_SIZE").reshape(-1)[:2])
-        model_tag = result.as_numpy("EMBEDDER_MODEL").reshape(-1)[0]
-        model_tag = model_tag.decode() if isinstance(model_tag, bytes) else str(model_tag)
-        model, _, version = model_tag.partition(":")
-        pad = result.as_numpy(PAD_OUTPUT)
-        pad = _squeeze(pad, 1) if pad is not None else None
-        faces = [DetectedFace(boxes[i], float(scores[i]), landmarks[i].reshape(5, 2),
-                              dict(zip(QUALITY_FIELDS, (float(q) for q in quality[i]), strict=True)), embeddings[i],
-                              float(pad[i]) if pad is not None and i < len(pad) else None)
-                 for i in range(len(scores))]
-        faces.sort(key=lambda f: f.area, reverse=True)
-        return Analysis(faces, width, height, model, version or "1")
+        return parse_result(result, embedder)

@@ -19,6 +19,7 @@ from export import dlib_resnet
 from export.weights import DLIB_RESNET, DLIB_SHAPE5, YUNET
 from facestack.artifacts import fetch, photo
 from facestack.pipeline.alignment import align
+from facestack.pipeline.runtime import onnx_session, session_options
 
 dlib = pytest.importorskip("dlib")
 
@@ -45,10 +46,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def session(exported: tuple[Path, dict]) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(exported[0]), options, providers=["CPUExecutionProvider"])
+    return onnx_session(exported[0], session_options(2))
 
 
 @pytest.fixture(scope="module")

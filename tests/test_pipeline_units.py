@@ -11,7 +11,6 @@ from facestack import artifacts
 from facestack.pipeline import detection, quality
 from facestack.pipeline.alignment import align, similarity_transform
 from facestack.pipeline.image import (
-    DETECTOR_SIZES_DEFAULT,
     ImageError,
     decode,
     decode_reduced,
@@ -22,7 +21,10 @@ from facestack.pipeline.image import (
     sniff_format,
     to_nchw,
 )
-from facestack.pipeline.runtime import onnx_session
+from facestack.pipeline.runtime import onnx_session, session_options
+from facestack.triton.model_config import pipeline_parameters
+
+SERVED = pipeline_parameters()  # face_pipeline's config.pbtxt: detector sizes, pixel limit
 
 ARCFACE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
                     [70.7299, 92.2041]])
@@ -44,21 +46,22 @@ def gradient() -> np.ndarray:
 def test_decode_supported_formats(gradient: np.ndarray, ext: str, fmt: str) -> None:
     data = _encode(ext, gradient)
     assert sniff_format(data) == fmt
-    image = decode(data)
+    image = decode(data, SERVED.max_pixels)
     assert image.shape == gradient.shape and image.dtype == np.uint8
     assert np.abs(image.astype(int) - gradient).mean() < 3  # lossy formats stay close
 
 
 def test_decode_grey_and_alpha_become_bgr(gradient: np.ndarray) -> None:
-    grey = decode(_encode(".png", gradient[..., 0]))
-    rgba = decode(_encode(".png", np.dstack([gradient, np.full(gradient.shape[:2], 128, np.uint8)])))
+    grey = decode(_encode(".png", gradient[..., 0]), SERVED.max_pixels)
+    alpha = np.full(gradient.shape[:2], 128, np.uint8)
+    rgba = decode(_encode(".png", np.dstack([gradient, alpha])), SERVED.max_pixels)
     assert grey.shape == rgba.shape == gradient.shape
 
 
 @pytest.mark.parametrize("data", [b"", b"hello world", b"GIF89a" + bytes(100), b"%PDF-1.4 " + bytes(100)])
 def test_decode_rejects_non_images(data: bytes) -> None:
     with pytest.raises(ImageError) as err:
-        decode(data)
+        decode(data, SERVED.max_pixels)
     assert err.value.code == "invalid_image"
 
 
@@ -66,7 +69,7 @@ def test_decode_rejects_truncated_and_corrupt(gradient: np.ndarray) -> None:
     png = _encode(".png", gradient)
     for broken in (png[: len(png) // 3], png[:8] + bytes(len(png) - 8)):
         with pytest.raises(ImageError, match="invalid_image"):
-            decode(broken)
+            decode(broken, SERVED.max_pixels)
 
 
 def test_decode_pixel_limit(gradient: np.ndarray) -> None:
@@ -88,9 +91,9 @@ def test_letterbox_scales_longer_side_and_pads(gradient: np.ndarray) -> None:
                                              ((321, 100), 480), ((480, 470), 480), ((481, 300), 640),
                                              ((1137, 910), 640), ((4032, 3024), 640)])
 def test_detector_size_is_the_smallest_that_holds_the_photo(shape: tuple[int, int], size: int) -> None:
-    assert detector_size(*shape) == size
+    assert detector_size(*shape, SERVED.detector_sizes) == size
     image = np.zeros((*shape, 3), np.uint8)
-    lb = fit(image)
+    lb = fit(image, SERVED.detector_sizes)
     assert lb.canvas.shape == (size, size, 3)
     # Scaled so the longer side fills the size: upscaled at most to the smallest size that holds it.
     assert lb.scale == pytest.approx(size / max(shape))
@@ -99,7 +102,7 @@ def test_detector_size_is_the_smallest_that_holds_the_photo(shape: tuple[int, in
 def test_fit_at_the_exact_size_copies_pixels() -> None:
     rng = np.random.default_rng(2)
     image = rng.integers(0, 255, (480, 360, 3), dtype=np.uint8)
-    lb = fit(image)
+    lb = fit(image, SERVED.detector_sizes)
     assert lb.scale == 1 and np.array_equal(lb.canvas[:, :360], image) and lb.canvas[:, 360:].max() == 0
 
 
@@ -129,8 +132,8 @@ def test_decode_reduced_shrinks_large_jpegs_and_reports_the_original_size(orient
     y, x = np.mgrid[0:2600, 0:3000]
     image = np.dstack([x % 256, y % 256, (x // 16 + y // 16) % 256]).astype(np.uint8)
     data = _jpeg(image, orientation)
-    full = decode_reduced(data)
-    reduced = decode_reduced(data, min_long_side=1280)
+    full = decode_reduced(data, SERVED.max_pixels)
+    reduced = decode_reduced(data, SERVED.max_pixels, min_long_side=1280)
     assert full.factor == 1 and reduced.factor == 2
     turned = orientation == 6  # rotated 90 degrees on decoding: height and width swap
     assert full.size == full.image.shape[:2] == ((3000, 2600) if turned else (2600, 3000))
@@ -139,8 +142,8 @@ def test_decode_reduced_shrinks_large_jpegs_and_reports_the_original_size(orient
     shrunk = cv2.resize(full.image, reduced.image.shape[1::-1], interpolation=cv2.INTER_AREA)
     assert np.abs(shrunk.astype(int) - reduced.image).mean() < 8
     # Small photos, PNGs and a zero minimum are decoded at full size.
-    assert decode_reduced(_jpeg(image[:1000, :1000]), min_long_side=1280).factor == 1
-    assert decode_reduced(_encode(".png", image), min_long_side=1280).factor == 1
+    assert decode_reduced(_jpeg(image[:1000, :1000]), SERVED.max_pixels, min_long_side=1280).factor == 1
+    assert decode_reduced(_encode(".png", image), SERVED.max_pixels, min_long_side=1280).factor == 1
 
 
 def test_decode_reduced_checks_the_pixel_limit_on_the_original_size() -> None:
@@ -150,15 +153,17 @@ def test_decode_reduced_checks_the_pixel_limit_on_the_original_size() -> None:
     assert err.value.code == "image_too_large"
 
 
-@pytest.mark.parametrize("size", DETECTOR_SIZES_DEFAULT)
+@pytest.mark.parametrize("size", SERVED.detector_sizes)
 @pytest.mark.parametrize("name", ["obama.jpg", "sample1.jpg", "sample5.jpg"])
 def test_detections_at_each_detector_size_match_opencv(name: str, size: int) -> None:
     """The served detector + facestack's decoder vs cv2.FaceDetectorYN set to the same input size."""
     image = cv2.imread(str(artifacts.photo(name)))
     scale = size / max(image.shape[:2]) * 0.9  # a photo that this size is the smallest to hold
-    canvas = fit(cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)).canvas
+    smaller = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    canvas = fit(smaller, SERVED.detector_sizes).canvas
     assert canvas.shape[0] == size
-    session = onnx_session(artifacts.REPO_ROOT / "model_repository" / "face_detector" / "1" / "model.onnx", 2)
+    detector = artifacts.REPO_ROOT / "model_repository" / SERVED.detector_model / "1" / "model.onnx"
+    session = onnx_session(detector, session_options(2))
     names = list(detection.OUTPUT_NAMES)
     outputs = dict(zip(names, session.run(names, {"input": to_nchw([canvas], np.uint8)}), strict=True))
     ours = detection.decode({k: v[0] for k, v in outputs.items()}, size, size, 0.6, 0.3)

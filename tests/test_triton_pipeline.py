@@ -14,7 +14,7 @@ from export import weights
 from facestack import artifacts
 from facestack.artifacts import photo_bytes
 from facestack.pipeline.image import letterbox
-from facestack.triton.client import infer
+from facestack.triton.contract import infer
 from facestack.triton.launcher import TritonServer
 
 pytestmark = pytest.mark.triton

@@ -21,13 +21,15 @@ import numpy as np
 from facestack.accuracy import calibrate, embed, evaluate, metrics, plots
 from facestack.accuracy.dataset import LfwFolder
 from facestack.settings import REPO_ROOT, get_settings
+from facestack.triton.model_config import pipeline_parameters
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m facestack.accuracy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder in LFW layout with pairs files")
-    parser.add_argument("--embedders", nargs="+", default=["sface", "dlib"], choices=sorted(embed.EMBEDDER_MODELS))
+    served = list(pipeline_parameters().embedders)  # face_pipeline's config: sface, dlib
+    parser.add_argument("--embedders", nargs="+", default=served, choices=served)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "accuracy", help="results folder")
     parser.add_argument("--calibrate", action="store_true",
                         help="write the operating points to facestack/thresholds.json and the manifests")
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             faces = {ref: by_path[p] for ref, p in zip(refs, paths, strict=True)}
             faces_by[name] = faces
             fp = embed.fingerprint(name, repository)
-            result = {"model": f"{embed.EMBEDDER_MODELS[name]}:{fp['models'][embed.EMBEDDER_MODELS[name]]['version']}",
+            result = {"model": f"{fp['embedder_model']}:{fp['models'][fp['embedder_model']]['version']}",
                       "fingerprint": fp, "embedding_run": {**stats.__dict__,
                                                            "images_per_second": stats.images_per_second,
                                                            "concurrency": args.concurrency}}
@@ -182,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.calibrate:
         entries = {}
-        for name, result in results["embedders"].items():
-            model = embed.EMBEDDER_MODELS[name]
+        for result in results["embedders"].values():
+            model = result["fingerprint"]["embedder_model"]
             entries[model] = calibrate.model_entry(result["calibration"], args.default_operating_point)
             sha = result["fingerprint"]["models"][model]["sha256"]
             updated = calibrate.update_manifests(repository, model, entries[model], sha)

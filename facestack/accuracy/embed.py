@@ -24,29 +24,20 @@ import numpy as np
 
 from facestack.pipeline import choice, quality
 from facestack.settings import REPO_ROOT, get_settings
+from facestack.triton.contract import MODEL, Analysis, build_request, image_error, parse_result
+from facestack.triton.model_config import pipeline_parameters
 
-EMBEDDER_MODELS = {"sface": "face_embedder", "dlib": "face_embedder_dlib"}
-DETECTOR_MODEL = "face_detector"
-PIPELINE_MODEL = "face_pipeline"
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "accuracy"
 MAX_FACES = 16
 FACE_CHOICES = choice.RULES
 
 
 @dataclass(frozen=True)
-class ImageFaces:
-    """What the pipeline returned for one image: F faces (largest first), or an error code."""
+class ImageFaces(Analysis):
+    """What the pipeline returned for one image (facestack.triton.contract.Analysis), or an error code."""
 
-    boxes: np.ndarray  # [F, 4]
-    scores: np.ndarray  # [F]
-    landmarks: np.ndarray  # [F, 5, 2]
-    embeddings: np.ndarray  # [F, D]
-    image_size: tuple[int, int]  # height, width
+    quality: np.ndarray | None = None  # [F, len(quality.FIELDS)]; None in records written before it existed
     error: str | None = None  # e.g. "invalid_image: ..." (the image could not be processed at all)
-    quality: np.ndarray | None = None  # [F, len(quality.FIELDS)]
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
     def choose(self, rule: str = "centre") -> int | None:
         """Index of the face to use (facestack.pipeline.choice, the gateway's rule), or None (failure to enrol:
@@ -78,8 +69,9 @@ class ImageFaces:
             return np.frombuffer(base64.b64decode(record[key]), dtype="<f4").astype(np.float32).reshape(n, *shape)
 
         return cls(arr("boxes", 4), arr("scores"), arr("landmarks", 5, 2), arr("embeddings", -1) if n else
-                   np.zeros((0, 128), np.float32), tuple(record["image_size"]), record.get("error"),
-                   arr("quality", len(quality.FIELDS)) if record.get("quality") is not None else None)
+                   np.zeros((0, 128), np.float32), tuple(record["image_size"]),
+                   quality=arr("quality", len(quality.FIELDS)) if record.get("quality") is not None else None,
+                   error=record.get("error"))
 
 
 def _sha256(data: bytes) -> str:
@@ -89,8 +81,11 @@ def _sha256(data: bytes) -> str:
 def fingerprint(embedder: str, repository: Path | None = None) -> dict:
     """What decides the pipeline's output for one embedder: model files, pipeline code, pipeline config."""
     repository = Path(repository or get_settings().model_repository)
+    served = pipeline_parameters(repository, "")  # the config the local launcher serves
+    if embedder not in served.embedders:
+        raise ValueError(f"unknown embedder {embedder!r}; choose one of {sorted(served.embedders)}")
     models = {}
-    for model in (DETECTOR_MODEL, EMBEDDER_MODELS[embedder]):
+    for model in (served.detector_model, served.embedders[embedder]):
         manifests = sorted((repository / model).glob("*/manifest.json"), key=lambda p: int(p.parent.name))
         if not manifests:
             raise FileNotFoundError(f"no exported {model} under {repository} (run `python -m export`)")
@@ -98,10 +93,12 @@ def fingerprint(embedder: str, repository: Path | None = None) -> dict:
         models[model] = {"version": manifests[-1].parent.name, "sha256": manifest["output"]["sha256"],
                          "alignment": manifest.get("alignment")}
     code = hashlib.sha256()
+    triton = REPO_ROOT / "facestack" / "triton"
     for path in sorted((REPO_ROOT / "facestack" / "pipeline").glob("*.py")) + [
-            REPO_ROOT / "facestack" / "triton" / "backend.py", repository / PIPELINE_MODEL / "config.pbtxt"]:
+            triton / "backend.py", triton / "model_config.py", repository / MODEL / "config.pbtxt"]:
         code.update(path.name.encode() + b"\0" + path.read_bytes())
-    parts = {"embedder": embedder, "models": models, "pipeline": code.hexdigest(), "max_faces": MAX_FACES}
+    parts = {"embedder": embedder, "embedder_model": served.embedders[embedder], "models": models,
+             "pipeline": code.hexdigest(), "max_faces": MAX_FACES}
     parts["id"] = _sha256(json.dumps(parts, sort_keys=True).encode())[:16]
     return parts
 
@@ -156,7 +153,6 @@ async def _run_requests(url: str, jobs: list[tuple[str, Path, bytes]], embedder:
     import tritonclient.grpc.aio as aioclient
     from tritonclient.utils import InferenceServerException
 
-    from facestack.triton.client import MODEL, build_request, parse_result
 
     queue: asyncio.Queue[tuple[str, Path, bytes]] = asyncio.Queue()
     for job in jobs:
@@ -174,14 +170,15 @@ async def _run_requests(url: str, jobs: list[tuple[str, Path, bytes]], embedder:
                 result = parse_result(await client.infer(MODEL, inputs, outputs=outputs, client_timeout=300))
             except InferenceServerException as exc:
                 message = exc.message() or str(exc)
-                if not message.startswith(("invalid_image", "image_too_large")):
+                refused = image_error(message)
+                if refused is None or refused[0] not in ("invalid_image", "image_too_large"):
                     raise  # the server or a model is broken: stop rather than score it as a failed image
                 done(sha, path, ImageFaces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                                            np.zeros((0, 5, 2), np.float32), np.zeros((0, 128), np.float32),
-                                           (0, 0), message))
+                                           (0, 0), error=message))
                 continue
             done(sha, path, ImageFaces(result.boxes, result.scores, result.landmarks, result.embeddings,
-                                       result.image_size, quality=result.quality))
+                                       result.image_size, result.quality, result.model, result.version))
 
     try:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -212,8 +209,6 @@ def embed_images(paths: Sequence[Path], embedder: str, *, url: str | None = None
 
     Without `url`, a local TritonServer (facestack.triton.launcher) is started only if some image is not cached.
     """
-    if embedder not in EMBEDDER_MODELS:
-        raise ValueError(f"unknown embedder {embedder!r}; choose one of {sorted(EMBEDDER_MODELS)}")
     path, meta = cache_path(embedder, cache_dir, repository)
     cache = EmbeddingCache(path, meta)
     stats = EmbedStats(images=len(paths))

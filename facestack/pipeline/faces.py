@@ -8,22 +8,18 @@ the benchmark runs the very same code with in-process sessions as the ceiling Tr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from facestack.pipeline import detection, pad, quality
 from facestack.pipeline.alignment import align
-from facestack.pipeline.image import (
-    DETECTOR_SIZES_DEFAULT,
-    MAX_PIXELS_DEFAULT,
-    Decoded,
-    ImageError,
-    decode_reduced,
-    fit,
-    to_nchw,
-)
+from facestack.pipeline.image import Decoded, ImageError, decode_reduced, fit, to_nchw
+
+if TYPE_CHECKING:
+    from facestack.triton.model_config import PipelineParameters
 
 # detect(NCHW uint8 BGR batch) -> YuNet outputs, each with a leading batch axis
 DetectFn = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -44,7 +40,7 @@ class EmbedderSpec:
 class Options:
     max_faces: int = 16
     min_face_size: float = 0.0
-    embedder: str = "sface"
+    embedder: str = ""  # an EmbedderSpec.name; "" = the pipeline's default_embedder
 
 
 @dataclass
@@ -68,25 +64,24 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 class FacePipeline:
     def __init__(self, detect: DetectFn, embed: EmbedFn, embedders: Sequence[EmbedderSpec],
-                 detector_sizes: Sequence[int] = DETECTOR_SIZES_DEFAULT, score_threshold: float = 0.6,
-                 nms_threshold: float = 0.3, max_pixels: int = MAX_PIXELS_DEFAULT,
-                 decode_min_long_side: int = 1280, pad_score: pad.PadFn | None = None) -> None:
-        """`detector_sizes`: square detector inputs an image is fitted into (see image.fit);
-        `decode_min_long_side`: large JPEGs are decoded at 1/2-1/8 scale down to this longer side (0 = never);
-        `pad_score`: the face_pad model, when one runs (facestack.pipeline.pad)."""
+                 parameters: PipelineParameters, pad_score: pad.PadFn | None = None) -> None:
+        """`parameters`: face_pipeline's config (detector sizes and thresholds, pixel limit, reduced JPEG decoding;
+        facestack.triton.model_config); `pad_score`: the face_pad model, when one runs (facestack.pipeline.pad)."""
         self._detect = detect
         self._pad = pad_score
         self._embed = embed
         self.embedders = {spec.name: spec for spec in embedders}
-        self.detector_sizes = tuple(sorted(detector_sizes))
-        self.score_threshold = score_threshold
-        self.nms_threshold = nms_threshold
-        self.max_pixels = max_pixels
-        self.decode_min_long_side = decode_min_long_side
+        self.default_embedder = parameters.default_embedder
+        self.detector_sizes = parameters.detector_sizes
+        self.score_threshold = parameters.score_threshold
+        self.nms_threshold = parameters.nms_threshold
+        self.max_pixels = parameters.max_pixels
+        self.decode_min_long_side = parameters.decode_min_long_side
 
     def run(self, images: Sequence[bytes], options: Sequence[Options]) -> list[Faces | ImageError]:
         """Process a batch of encoded images: one detector call per detector size in use, then one embedder
         call per embedder."""
+        options = [o if o.embedder else replace(o, embedder=self.default_embedder) for o in options]
         results: list[Faces | ImageError | None] = [None] * len(images)
         decoded: dict[int, Decoded] = {}
         for i, (data, opts) in enumerate(zip(images, options, strict=True)):

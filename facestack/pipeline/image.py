@@ -15,12 +15,6 @@ _SIGNATURES: tuple[tuple[str, bytes], ...] = (
     ("jpeg", b"\xff\xd8\xff"),
     ("png", b"\x89PNG\r\n\x1a\n"),
 )
-MAX_PIXELS_DEFAULT = 40_000_000
-# Detector input sizes (square, multiples of 32): an image is scaled into the smallest that holds its longer
-# side. No 160: photos of 100-150 px scaled to 160 lost faces of 12-16 px that 320 (and 640) still find. No 320
-# by default: on LFW (250 px photos) it cost SFace 0.3 points of View 1 accuracy, dlib 2 points of TAR at FMR
-# 1e-3, and noisier landmarks doubled the pose gate's refusals, where 480 matched 640 (docs/accuracy.md).
-DETECTOR_SIZES_DEFAULT = (480, 640)
 # libjpeg decodes directly at 1/2, 1/4 or 1/8 of the size (far less work than a full decode + resize).
 _REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
@@ -34,7 +28,7 @@ class ImageError(ValueError):
 
 
 def sniff_format(data: bytes) -> str | None:
-    """'jpeg', 'png' or 'webp' from the magic bytes, else None."""
+    """'jpeg', 'png' or 'webp' from the magic bytes, else None (the one sniffer: the gateway admits by it too)."""
     for name, magic in _SIGNATURES:
         if data.startswith(magic):
             return name
@@ -66,7 +60,7 @@ def reduction(long_side: int, min_long_side: int) -> int:
     return next((f for f in _REDUCED_FLAGS if min_long_side and -(-long_side // f) >= min_long_side), 1)
 
 
-def decode_reduced(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT, min_long_side: int = 0) -> Decoded:
+def decode_reduced(data: bytes, max_pixels: int, min_long_side: int = 0) -> Decoded:
     """Decode JPEG/PNG/WebP bytes to a BGR uint8 image (alpha dropped, grey expanded, EXIF rotation applied).
 
     A JPEG whose longer side is at least twice `min_long_side` is decoded at 1/2, 1/4 or 1/8 of its size
@@ -99,7 +93,7 @@ def decode_reduced(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT, min_long_s
     return Decoded(image, factor, (height, width))
 
 
-def decode(data: bytes, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
+def decode(data: bytes, max_pixels: int) -> np.ndarray:
     """The image at full resolution (see decode_reduced)."""
     return decode_reduced(data, max_pixels).image
 
@@ -127,12 +121,12 @@ def letterbox(image: np.ndarray, size: int) -> Letterbox:
     return Letterbox(canvas, scale)
 
 
-def detector_size(height: int, width: int, sizes: tuple[int, ...] = DETECTOR_SIZES_DEFAULT) -> int:
+def detector_size(height: int, width: int, sizes: tuple[int, ...]) -> int:
     """The smallest detector size that holds the image's longer side, else the largest (the image shrinks)."""
     return next((s for s in sorted(sizes) if max(height, width) <= s), max(sizes))
 
 
-def fit(image: np.ndarray, sizes: tuple[int, ...] = DETECTOR_SIZES_DEFAULT) -> Letterbox:
+def fit(image: np.ndarray, sizes: tuple[int, ...]) -> Letterbox:
     """The detector input at about the image's own scale: the image is letterboxed into the smallest size that
     holds its longer side (so never upscaled beyond it: a 250 px photo goes into 320, not 640, a fifth of
     the detector's work), or shrunk into the largest."""

@@ -16,20 +16,27 @@ import onnxruntime as ort
 
 from facestack.pipeline import detection
 from facestack.pipeline.faces import EmbedderSpec
-
-DETECTOR_MODEL = "face_detector"
-# Embedder name (the API's `embedder`) -> the model in the repository.
-EMBEDDER_MODELS = {"sface": "face_embedder", "dlib": "face_embedder_dlib"}
+from facestack.triton.model_config import pipeline_parameters
 
 
-def onnx_session(path: Path, threads: int) -> ort.InferenceSession:
+def session_options(threads: int, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    ) -> ort.SessionOptions:
+    """CPU session options as served: `threads` intra-op threads (0: onnxruntime's choice), one inter-op thread.
+    ORT_ENABLE_ALL is the default of onnxruntime and of Triton's onnxruntime backend."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Several sessions share the cores (detector, embedders, pipeline glue): spinning threads would
     # burn the CPU another model needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.graph_optimization_level = level
+    return options
+
+
+def onnx_session(model: Path | bytes, options: ort.SessionOptions) -> ort.InferenceSession:
+    """A CPU session of an ONNX file or serialized model, with options from session_options."""
+    return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
+                                providers=["CPUExecutionProvider"])
 
 
 def latest_version(model_dir: Path) -> tuple[str, dict]:
@@ -41,9 +48,12 @@ def latest_version(model_dir: Path) -> tuple[str, dict]:
     return str(versions[0]), json.loads((model_dir / str(versions[0]) / "manifest.json").read_text())
 
 
-def embedder_specs(repository: Path, models: Mapping[str, str] = EMBEDDER_MODELS
+def embedder_specs(repository: Path, models: Mapping[str, str] | None = None
                    ) -> tuple[list[EmbedderSpec], dict[str, str]]:
-    """Each embedder's alignment spec from its manifest, and its served "model:version" by name."""
+    """Each embedder's alignment spec from its manifest, and its served "model:version" by name.
+    `models`: name -> Triton model; by default the embedders of the repository's face_pipeline config."""
+    if models is None:
+        models = pipeline_parameters(repository).embedders
     specs, versions = [], {}
     for name, model in models.items():
         version, manifest = latest_version(repository / model)
@@ -57,13 +67,13 @@ def embedder_specs(repository: Path, models: Mapping[str, str] = EMBEDDER_MODELS
 class InProcessModels:
     """The detector and embedders as onnxruntime sessions in this process: FacePipeline's detect and embed."""
 
-    def __init__(self, repository: Path, specs: list[EmbedderSpec], threads: int,
-                 detector: str = DETECTOR_MODEL) -> None:
+    def __init__(self, repository: Path, specs: list[EmbedderSpec], threads: int, detector: str | None = None) -> None:
+        """`detector`: the detector model (by default the repository's face_pipeline config names it)."""
         def session(model: str) -> ort.InferenceSession:
             version, _ = latest_version(repository / model)
-            return onnx_session(repository / model / version / "model.onnx", threads)
+            return onnx_session(repository / model / version / "model.onnx", session_options(threads))
 
-        self.detector = session(detector)
+        self.detector = session(detector or pipeline_parameters(repository).detector_model)
         self.embedders = {spec.name: session(spec.model) for spec in specs}
         self._outputs = list(detection.OUTPUT_NAMES)
 

@@ -14,18 +14,10 @@ import triton_python_backend_utils as pb_utils
 
 from facestack.pipeline import detection, pad
 from facestack.pipeline.faces import FacePipeline, Faces, Options
-from facestack.pipeline.image import DETECTOR_SIZES_DEFAULT, MAX_PIXELS_DEFAULT, ImageError
-from facestack.pipeline.runtime import (
-    DETECTOR_MODEL,
-    EMBEDDER_MODELS,
-    InProcessModels,
-    embedder_specs,
-    onnx_session,
-)
-
-
-def _parameters(config: dict) -> dict[str, str]:
-    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+from facestack.pipeline.image import ImageError
+from facestack.pipeline.runtime import InProcessModels, embedder_specs, onnx_session, session_options
+from facestack.triton.contract import PAD_OUTPUT
+from facestack.triton.model_config import PipelineParameters, parameters
 
 
 def _error_responses(requests: list, message: str) -> list:
@@ -37,9 +29,9 @@ class OnnxModel:
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        params = _parameters(config)
+        params = parameters(config)
         path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
-        self.session = onnx_session(path, int(params.get("intra_op_threads", "0")))
+        self.session = onnx_session(path, session_options(int(params.get("intra_op_threads", "0"))))
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
 
@@ -67,36 +59,23 @@ class PipelineModel:
     """
 
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
-        params = _parameters(config)
+        params = PipelineParameters.from_config(json.loads(args["model_config"]))
         repository = Path(args["model_repository"]).parent
-        self.detector = params.get("detector_model", DETECTOR_MODEL)
-        self.embed_batch = int(params.get("embedder_max_batch", "64"))
-        listed = params.get("embedders")  # "sface=face_embedder,dlib=face_embedder_dlib"
-        embedders = dict(item.split("=") for item in listed.split(",")) if listed else EMBEDDER_MODELS
-        specs, self.versions = embedder_specs(repository, embedders)
+        self.detector = params.detector_model
+        self.embed_batch = params.embedder_max_batch
+        specs, self.versions = embedder_specs(repository, params.embedders)
         self.models = {spec.name: spec.model for spec in specs}
-        self.default_embedder = params.get("default_embedder", "sface")
-        self.composing = params.get("composing_models", "in_process")
+        self.composing = params.composing_models
         if self.composing == "in_process":
-            local = InProcessModels(repository, specs, int(params.get("intra_op_threads", "0")), self.detector)
+            local = InProcessModels(repository, specs, params.intra_op_threads, self.detector)
             detect, embed = local.detect, local.embed
         elif self.composing == "triton":
             detect, embed = self._detect, self._embed
         else:
             raise pb_utils.TritonModelException(
                 f"composing_models must be in_process or triton, not {self.composing!r}")
-        pad_score = self._pad_model(repository, params.get("pad_model", ""), int(params.get("intra_op_threads", "0")))
-        sizes = params.get("detector_sizes", ",".join(map(str, DETECTOR_SIZES_DEFAULT)))
-        self.pipeline = FacePipeline(
-            detect, embed, specs,
-            detector_sizes=[int(v) for v in sizes.split(",")],
-            score_threshold=float(params.get("score_threshold", "0.6")),
-            nms_threshold=float(params.get("nms_threshold", "0.3")),
-            max_pixels=int(params.get("max_pixels", str(MAX_PIXELS_DEFAULT))),
-            decode_min_long_side=int(params.get("decode_min_long_side", "1280")),
-            pad_score=pad_score,
-        )
+        pad_score = self._pad_model(repository, params.pad_model, params.intra_op_threads)
+        self.pipeline = FacePipeline(detect, embed, specs, params, pad_score=pad_score)
 
     def _pad_model(self, repository: Path, name: str, threads: int) -> pad.PadFn | None:
         """The face_pad slot (facestack.pipeline.pad): called when `pad_model` names a model that is in the
@@ -110,7 +89,7 @@ class PipelineModel:
         path = pad.model_file(repository, name)
         if path is None:
             return None
-        session = onnx_session(path, threads)
+        session = onnx_session(path, session_options(threads))
         return lambda crops: session.run([pad.OUTPUT_NAME], {pad.INPUT_NAME: crops})[0]
 
     @staticmethod
@@ -136,9 +115,10 @@ class PipelineModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             return default if tensor is None else tensor.as_numpy().reshape(-1)[0]
 
-        embedder = scalar("EMBEDDER", self.default_embedder.encode())
-        return Options(max_faces=int(scalar("MAX_FACES", 16)), min_face_size=float(scalar("MIN_FACE_SIZE", 0)),
-                       embedder=(embedder.decode() if isinstance(embedder, bytes) else str(embedder)) or "sface")
+        embedder = scalar("EMBEDDER", b"")  # "": the pipeline's default_embedder
+        return Options(max_faces=int(scalar("MAX_FACES", Options.max_faces)),
+                       min_face_size=float(scalar("MIN_FACE_SIZE", Options.min_face_size)),
+                       embedder=embedder.decode() if isinstance(embedder, bytes) else str(embedder))
 
     def _response(self, faces: Faces) -> object:
         tensors = {
@@ -148,7 +128,7 @@ class PipelineModel:
         }
         out = [pb_utils.Tensor(name, np.ascontiguousarray(array[None])) for name, array in tensors.items()]
         if faces.pad_scores is not None:  # optional output: only while a face_pad model runs
-            out.append(pb_utils.Tensor("PAD_SCORES", np.ascontiguousarray(faces.pad_scores.astype(np.float32)[None])))
+            out.append(pb_utils.Tensor(PAD_OUTPUT, np.ascontiguousarray(faces.pad_scores.astype(np.float32)[None])))
         out.append(pb_utils.Tensor("IMAGE_SIZE", np.array([faces.image_size], np.int32)))
         out.append(pb_utils.Tensor("EMBEDDER_MODEL", np.array([[self.versions[faces.embedder.name].encode()]],
                                                                dtype=object)))

@@ -24,8 +24,7 @@ from collections import deque
 from pathlib import Path
 
 from facestack.settings import get_settings
-
-PIPELINE_MODEL = "face_pipeline"
+from facestack.triton.contract import MODEL
 
 
 class TritonStartError(RuntimeError):
@@ -80,7 +79,7 @@ class TritonServer:
 
     def __init__(self, repository: Path | None = None, *, http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None, log_verbose: int = 0,
-                 config_name: str = "", ready_model: str = PIPELINE_MODEL, host: str = "127.0.0.1") -> None:
+                 config_name: str = "", ready_model: str = MODEL, host: str = "127.0.0.1") -> None:
         settings = get_settings()
         self.repository = Path(repository or settings.model_repository).resolve()
         self.host = host

@@ -1,44 +1,17 @@
-"""What every route needs: the app's services, timestamps, OpenAPI snippets for problems and image bodies."""
+"""What the routes share besides their dependencies (gateway/api/deps.py): timestamps, OpenAPI snippets for
+problems and image bodies."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import Request
 from pydantic import BaseModel
 
-from facestack.settings import Settings
-from gateway.audit import AuditLog
-from gateway.errors import CODES, PROBLEM_JSON
-from gateway.faces import QualityGate
-from gateway.gallery_sizes import GallerySizes
-from gateway.metrics import Metrics
-from gateway.operating_points import OperatingPoints
+from gateway.errors import BACKEND, CODES, PROBLEM_JSON
 from gateway.schemas import Problem
-from gateway.store import Store
-from gateway.triton_client import TritonPipeline
 
-
-@dataclass
-class Services:
-    settings: Settings
-    triton: TritonPipeline
-    store: Store
-    audit: AuditLog
-    metrics: Metrics
-    points: OperatingPoints
-    gate: QualityGate
-    sizes: GallerySizes
-
-
-def services(request: Request) -> Services:
-    return request.app.state.services
-
-
-def request_id(request: Request) -> str:
-    return request.state.request_id
+__all__ = ["BACKEND", "EXTRA_SCHEMAS", "IMAGE", "image_body", "iso", "problems"]
 
 
 def iso(ms: int) -> str:
@@ -56,7 +29,6 @@ def problems(*codes: str) -> dict[int | str, dict[str, Any]]:
             for status, names in sorted(by_status.items())}
 
 
-BACKEND = ("rate_limited", "backend_unavailable", "timeout")
 IMAGE = ("invalid_image", "image_too_large", "unsupported_media_type", "no_face", "multiple_faces",
          "face_too_small", "low_quality")
 

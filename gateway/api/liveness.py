@@ -5,25 +5,20 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Request
 
+from facestack.triton.contract import Analysis
 from gateway import liveness, pad
-from gateway.api.common import BACKEND, IMAGE, image_body, iso, problems, request_id, services
-from gateway.api.recognition import analyze_all
+from gateway.api import deps
+from gateway.api.common import BACKEND, IMAGE, image_body, iso, problems
 from gateway.auth import VerifyKey
-from gateway.challenges import Challenges
 from gateway.errors import ApiError
+from gateway.faces import analyze_all, model_json
 from gateway.inputs import read_images
-from gateway.operating_points import embedder_name
 from gateway.schemas import ChallengeResponse, FramesForm, FramesJson, LivenessResult
 from gateway.store import now_ms
-from gateway.triton_client import Analysis
 
 router = APIRouter(prefix="/v1/liveness", tags=["liveness"])
 CONVENTION = ("unmirrored camera frames; turn_left = the person turns to their own left (nose towards the image's "
               "right, yaw grows); look_up = chin up (pitch falls)")
-
-
-def challenges(request: Request) -> Challenges:
-    return request.app.state.challenges
 
 
 @router.post("/challenges", status_code=201, response_model=ChallengeResponse,
@@ -32,10 +27,9 @@ def challenges(request: Request) -> Challenges:
                          "one use. Capture a frontal frame, then a few frames per action in order, and send them "
                          "to `/v1/liveness/challenges/{id}/frames` with the nonce before `expires_at`.",
              responses=problems(*BACKEND, "forbidden"))
-async def issue(request: Request, principal: VerifyKey) -> dict:
-    settings = services(request).settings
+async def issue(principal: VerifyKey, settings: deps.SettingsDep, challenges: deps.ChallengesDep) -> dict:
     actions = liveness.new_actions(allowed=settings.gateway_liveness_actions)
-    challenge = await challenges(request).issue(principal.tenant, actions)
+    challenge = await challenges.issue(principal.tenant, actions)
     return {"challenge_id": challenge.id, "nonce": challenge.nonce, "actions": actions,
             "instructions": [liveness.INSTRUCTIONS[a] for a in actions], "expires_at": iso(challenge.deadline_ms),
             "deadline_s": settings.gateway_liveness_deadline_s, "min_frames": len(actions) + 1,
@@ -64,12 +58,12 @@ def _frame(data: bytes, analysis: Analysis, min_face_size: float) -> liveness.Fr
                                 "audit_unavailable"),
              openapi_extra=image_body(FramesForm, FramesJson, {"frames": "the frames, repeated, in order"},
                                       {"nonce": "kP3...", "frames": [{"image_base64": "/9j/4AAQ..."}]}))
-async def frames(challenge_id: str, request: Request, principal: VerifyKey) -> dict:
+async def frames(challenge_id: str, request: Request, principal: VerifyKey, settings: deps.SettingsDep,
+                 triton: deps.TritonDep, points: deps.PointsDep, gate: deps.GateDep, metrics: deps.MetricsDep,
+                 audit: deps.AuditDep, challenges: deps.ChallengesDep, rid: deps.RequestIdDep) -> dict:
     arrived = now_ms()
-    svc = services(request)
     options, images = await read_images(request, FramesForm, FramesJson, {"frames": "many"})
-    store = challenges(request)
-    challenge = await store.get(principal.tenant, challenge_id, options.nonce)
+    challenge = await challenges.get(principal.tenant, challenge_id, options.nonce)
     found = images.get("frames", [])
     if len(found) < len(challenge.actions) + 1:
         raise ApiError("validation_error", f"{len(found)} frames; this challenge needs at least "
@@ -77,42 +71,43 @@ async def frames(challenge_id: str, request: Request, principal: VerifyKey) -> d
     expired = arrived > challenge.deadline_ms
     analyses: list[Analysis] = []
     if not expired:  # an expired challenge is not worth the pipeline's time
-        analyses = await analyze_all(request, [(f"frames[{i}]", image) for i, image in enumerate(found)],
-                                     svc.settings.gateway_default_embedder, max_faces=4)
+        analyses = await analyze_all(triton, [(f"frames[{i}]", image) for i, image in enumerate(found)],
+                                     settings.gateway_default_embedder, request_id=rid, max_faces=4)
     # Claimed after the pipeline ran, so a frame it refuses (400/413/415) does not use the challenge up.
-    if not await store.claim(principal.tenant, challenge.id, "frames"):
+    if not await challenges.claim(principal.tenant, challenge.id, "frames"):
         raise ApiError("challenge_used", f"challenge {challenge.id!r} was already answered; request a new one",
                        challenge_id=challenge.id)
-    thresholds = liveness.thresholds(svc.settings.gateway_liveness_actions, svc.settings.gateway_liveness_yaw_deg,
-                                     svc.settings.gateway_liveness_pitch_deg, 0.0)
+    thresholds = liveness.thresholds(settings.gateway_liveness_actions, settings.gateway_liveness_yaw_deg,
+                                     settings.gateway_liveness_pitch_deg, 0.0)
     model = version = ""
-    point = svc.settings.gateway_liveness_identity_point
+    point = settings.gateway_liveness_identity_point
     if analyses:
         model, version = analyses[0].model, analyses[0].version
         if any((a.model, a.version) != (model, version) for a in analyses):  # a model rollout mid-request
             raise ApiError("backend_unavailable", "the embedder model changed between frames; retry with a new "
                            "challenge", retry_after=1)
-        identity = svc.points.decide(model, version, name=point).threshold
+        identity = points.decide(model, version, name=point).threshold
         thresholds = liveness.Thresholds(thresholds.yaw_deg, thresholds.pitch_deg, identity)
-    observed = [_frame(image.data, analysis, svc.gate.min_face_size) for image, analysis in zip(found, analyses,
-                                                                                               strict=False)]
-    enforce = pad.policy(svc.settings, principal.tenant) == "enforce"
+    observed = [_frame(image.data, analysis, gate.min_face_size)
+                for image, analysis in zip(found, analyses, strict=False)]
+    enforce = pad.policy(settings, principal.tenant) == "enforce"
     outcome = liveness.evaluate(challenge.actions, observed, thresholds, expired=expired,
-                                pad_threshold=svc.settings.gateway_pad_threshold if enforce else None)
+                                pad_threshold=settings.gateway_pad_threshold if enforce else None)
     live = outcome.decision == "live"
     first = observed[0] if observed else None
-    await store.keep_result(challenge, outcome.decision, outcome.reason, f"{model}:{version}" if live else None,
-                            first.embedding if live and first is not None else None)
-    svc.metrics.decisions.labels("liveness", outcome.decision).inc()
-    svc.audit.write("liveness", tenant=principal.tenant, key_id=principal.key_id, challenge_id=challenge.id,
-                    decision=outcome.decision, reason=outcome.reason, actions=",".join(challenge.actions),
-                    pad_score=_lowest([f.pad_score for f in observed]),
-                    model=f"{model}:{version}" if model else None, request_id=request_id(request))
+    await challenges.keep_result(challenge, outcome.decision, outcome.reason,
+                                 f"{model}:{version}" if live else None,
+                                 first.embedding if live and first is not None else None)
+    metrics.decisions.labels("liveness", outcome.decision).inc()
+    audit.write("liveness", tenant=principal.tenant, key_id=principal.key_id, challenge_id=challenge.id,
+                decision=outcome.decision, reason=outcome.reason, actions=",".join(challenge.actions),
+                pad_score=_lowest([f.pad_score for f in observed]),
+                model=f"{model}:{version}" if model else None, request_id=rid)
     return {"challenge_id": challenge.id, "decision": outcome.decision, "reason": outcome.reason,
             "detail": outcome.detail, "frame": outcome.frame, "actions": challenge.actions, "steps": outcome.steps,
             "frames": outcome.frames, "identity_threshold": thresholds.identity, "identity_operating_point": point,
-            "model": {"embedder": embedder_name(model), "name": model, "version": version},
-            "request_id": request_id(request)}
+            "model": model_json(analyses[0]) if analyses else {"embedder": "", "name": "", "version": ""},
+            "request_id": rid}
 
 
 def _lowest(scores: list[float | None]) -> float | None:

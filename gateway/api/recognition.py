@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 
 import numpy as np
 from fastapi import APIRouter, Request
 
+from facestack.settings import Settings
+from facestack.triton.contract import Analysis
 from gateway import pad
-from gateway.api.common import BACKEND, IMAGE, image_body, problems, request_id, services
+from gateway.api import deps
+from gateway.api.common import BACKEND, IMAGE, image_body, problems
+from gateway.audit import AuditLog
 from gateway.auth import Principal, VerifyKey
+from gateway.challenges import Challenges
 from gateway.errors import ApiError
-from gateway.faces import Chosen, select
-from gateway.images import ImageData
+from gateway.faces import Chosen, analyze_all, face_json, model_json, select
 from gateway.inputs import read_images
-from gateway.operating_points import embedder_name
+from gateway.metrics import Metrics
+from gateway.operating_points import OperatingPoints
 from gateway.schemas import (
     DetectForm,
     DetectJson,
@@ -27,28 +31,9 @@ from gateway.schemas import (
     VerifyJson,
     VerifyResponse,
 )
-from gateway.triton_client import Analysis
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
 _B64 = {"image_base64": "/9j/4AAQSkZJRgABAQAAAQABAAD..."}
-
-
-async def analyze_all(request: Request, items: list[tuple[str, ImageData]], embedder: str,
-                      max_faces: int = 16) -> list[Analysis]:
-    """One Triton call per image, concurrently; the first failure (in argument order) is raised."""
-    svc = services(request)
-    calls: list[Awaitable[Analysis]] = [
-        svc.triton.analyze(image.data, embedder=embedder, max_faces=max_faces, request_id=request_id(request))
-        for _, image in items]
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for (field, _), result in zip(items, results, strict=True):
-        if isinstance(result, ApiError) and result.code not in BACKEND:
-            result.detail = f"{field}: {result.detail}" if not result.detail.startswith(field) else result.detail
-            result.extra.setdefault("field", field)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results  # type: ignore[return-value]
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,14 +43,14 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
 @router.post("/detect", response_model=DetectResponse, summary="Find all faces in an image",
              responses=problems(*IMAGE[:3], *BACKEND, "forbidden"),
              openapi_extra=image_body(DetectForm, DetectJson, {"image": "the photo"}, {"image": _B64}))
-async def detect(request: Request, principal: VerifyKey) -> dict:
-    svc = services(request)
+async def detect(request: Request, principal: VerifyKey, settings: deps.SettingsDep, triton: deps.TritonDep,
+                 metrics: deps.MetricsDep, rid: deps.RequestIdDep) -> dict:
     options, images = await read_images(request, DetectForm, DetectJson, {"image": "required"})
-    (analysis,) = await analyze_all(request, [("image", images["image"][0])], svc.settings.gateway_default_embedder,
-                                    options.max_faces)
-    svc.metrics.faces.labels("detect").observe(len(analysis.faces))
-    return {"faces": [f.public() for f in analysis.faces],
-            "image": {"width": analysis.width, "height": analysis.height}, "request_id": request_id(request)}
+    (analysis,) = await analyze_all(triton, [("image", images["image"][0])], settings.gateway_default_embedder,
+                                    request_id=rid, max_faces=options.max_faces)
+    metrics.faces.labels("detect").observe(len(analysis.faces))
+    return {"faces": [face_json(f) for f in analysis.faces],
+            "image": {"width": analysis.width, "height": analysis.height}, "request_id": rid}
 
 
 @router.post("/verify", response_model=VerifyResponse, response_model_exclude_unset=True,
@@ -79,84 +64,87 @@ async def detect(request: Request, principal: VerifyKey) -> dict:
              openapi_extra=image_body(VerifyForm, VerifyJson, {"probe": "the face to check",
                                                                "reference": "optional: a second photo"},
                                       {"probe": _B64, "reference": _B64}))
-async def verify(request: Request, principal: VerifyKey) -> dict:
-    svc = services(request)
+async def verify(request: Request, principal: VerifyKey, settings: deps.SettingsDep, triton: deps.TritonDep,
+                 store: deps.StoreDep, points: deps.PointsDep, gate: deps.GateDep, metrics: deps.MetricsDep,
+                 audit: deps.AuditDep, challenges: deps.ChallengesDep, rid: deps.RequestIdDep) -> dict:
     options, images = await read_images(request, VerifyForm, VerifyJson, {"probe": "required", "reference": "optional"})
     by_subject = options.gallery is not None or options.subject_id is not None
     if by_subject and (options.gallery is None or options.subject_id is None):
         raise ApiError("validation_error", "gallery and subject_id go together")
     if by_subject == bool(images.get("reference")):
         raise ApiError("validation_error", "send either a reference image or gallery + subject_id")
-    policy, gate = options.multi_face, svc.gate
+    policy = options.multi_face
 
     reference_face, subject = None, None
     if by_subject:
-        gallery = await svc.store.get_gallery(principal.tenant, options.gallery)
+        gallery = await store.get_gallery(principal.tenant, options.gallery)
         if options.embedder and options.embedder != gallery["embedder"]:
             raise ApiError("validation_error", f"gallery {options.gallery!r} holds {gallery['embedder']} templates")
-        (probe,) = await analyze_all(request, [("probe", images["probe"][0])], gallery["embedder"])
+        (probe,) = await analyze_all(triton, [("probe", images["probe"][0])], gallery["embedder"], request_id=rid)
         face = select(probe, policy=policy, gate=gate, field="probe")
-        templates = await svc.store.subject_templates(principal.tenant, options.gallery, options.subject_id,
-                                                      probe.model, probe.version)
+        templates = await store.subject_templates(principal.tenant, options.gallery, options.subject_id,
+                                                  probe.model, probe.version)
         if templates.size == 0:
             raise ApiError("conflict", f"subject {options.subject_id!r} has no enrolled faces for "
                            f"{probe.model}:{probe.version}", subject_id=options.subject_id)
         # best of k templates: the threshold keeps the point's FMR for the whole comparison (docs/accuracy.md)
-        decision = svc.points.decide(probe.model, probe.version, name=options.operating_point,
-                                     threshold=options.threshold, templates=len(templates))
+        decision = points.decide(probe.model, probe.version, name=options.operating_point,
+                                 threshold=options.threshold, templates=len(templates))
         score = float(np.clip((templates @ face.embedding).max(), -1.0, 1.0))
         subject = {"gallery": options.gallery, "subject_id": options.subject_id, "templates_compared": len(templates)}
     else:
-        embedder = options.embedder or svc.settings.gateway_default_embedder
-        probe, reference = await analyze_all(request, [("probe", images["probe"][0]),
-                                                       ("reference", images["reference"][0])], embedder)
+        embedder = options.embedder or settings.gateway_default_embedder
+        probe, reference = await analyze_all(triton, [("probe", images["probe"][0]),
+                                                      ("reference", images["reference"][0])], embedder,
+                                             request_id=rid)
         face = select(probe, policy=policy, gate=gate, field="probe")
         other = select(reference, policy=policy, gate=gate, field="reference")
         if (probe.model, probe.version) != (reference.model, reference.version):  # a model rollout mid-request
             raise ApiError("backend_unavailable", "the embedder model changed between the two images; retry",
                            retry_after=1)
-        decision = svc.points.decide(probe.model, probe.version, name=options.operating_point,
-                                     threshold=options.threshold)
+        decision = points.decide(probe.model, probe.version, name=options.operating_point,
+                                 threshold=options.threshold)
         score = similarity(face.embedding, other.embedding)
         reference_face = other.public()
 
-    pad_info, liveness = await _liveness_checks(request, principal, options.liveness_challenge, face, probe)
+    pad_info, liveness = await _liveness_checks(principal, options.liveness_challenge, face, probe,
+                                                settings=settings, points=points, challenges=challenges,
+                                                metrics=metrics, audit=audit, rid=rid)
     match = score >= decision.threshold
-    model = {"embedder": embedder_name(probe.model), "name": probe.model, "version": probe.version}
-    svc.metrics.decisions.labels("verify", "match" if match else "no_match").inc()
-    svc.audit.write("verify", tenant=principal.tenant, key_id=principal.key_id, gallery=options.gallery,
-                    subject=options.subject_id, similarity=round(score, 6), threshold=decision.threshold,
-                    operating_point=decision.name, decision="match" if match else "no_match",
-                    model=f"{probe.model}:{probe.version}", pad_score=pad_info["score"] if pad_info else None,
-                    challenge_id=options.liveness_challenge, liveness="passed" if liveness else None,
-                    request_id=request_id(request))
+    model = model_json(probe)
+    metrics.decisions.labels("verify", "match" if match else "no_match").inc()
+    audit.write("verify", tenant=principal.tenant, key_id=principal.key_id, gallery=options.gallery,
+                subject=options.subject_id, similarity=round(score, 6), threshold=decision.threshold,
+                operating_point=decision.name, decision="match" if match else "no_match",
+                model=f"{probe.model}:{probe.version}", pad_score=pad_info["score"] if pad_info else None,
+                challenge_id=options.liveness_challenge, liveness="passed" if liveness else None,
+                request_id=rid)
     answer = {"match": match, "similarity": round(score, 6), "threshold": decision.threshold,
               "operating_point": decision.as_dict(), "model": model, "probe_face": face.public(),
-              "reference_face": reference_face, "subject": subject, "request_id": request_id(request)}
+              "reference_face": reference_face, "subject": subject, "request_id": rid}
     # only when asked for (a challenge) or configured (a PAD policy): otherwise the answer is as it always was
     return answer | {k: v for k, v in (("liveness", liveness), ("pad", pad_info)) if v is not None}
 
 
-async def _liveness_checks(request: Request, principal: Principal, challenge_id: str | None, face: Chosen,
-                           probe: Analysis) -> tuple[dict | None, dict | None]:
+async def _liveness_checks(principal: Principal, challenge_id: str | None, face: Chosen, probe: Analysis, *,
+                           settings: Settings, points: OperatingPoints, challenges: Challenges, metrics: Metrics,
+                           audit: AuditLog, rid: str) -> tuple[dict | None, dict | None]:
     """The probe's PAD score under the tenant's policy, and the liveness challenge the verify is bound to.
     Either refuses the verify with liveness_failed (audited: the refusal names the check and the score)."""
-    svc = services(request)
     try:
-        pad_info = pad.judge(svc.settings, principal.tenant, face.face.pad_score)
+        pad_info = pad.judge(settings, principal.tenant, face.face.pad_score)
         liveness = None
         if challenge_id is not None:
-            threshold = svc.points.decide(probe.model, probe.version,
-                                          name=svc.settings.gateway_liveness_identity_point).threshold
-            liveness = await request.app.state.challenges.bind(
+            threshold = points.decide(probe.model, probe.version,
+                                      name=settings.gateway_liveness_identity_point).threshold
+            liveness = await challenges.bind(
                 principal.tenant, challenge_id, f"{probe.model}:{probe.version}", face.embedding, threshold)
     except ApiError as exc:
         if exc.code == "liveness_failed":
-            svc.metrics.decisions.labels("verify", "liveness_failed").inc()
-            svc.audit.write("verify", tenant=principal.tenant, key_id=principal.key_id, decision="liveness_failed",
-                            reason=exc.extra.get("check"), pad_score=exc.extra.get("pad_score"),
-                            challenge_id=challenge_id, model=f"{probe.model}:{probe.version}",
-                            request_id=request_id(request))
+            metrics.decisions.labels("verify", "liveness_failed").inc()
+            audit.write("verify", tenant=principal.tenant, key_id=principal.key_id, decision="liveness_failed",
+                        reason=exc.extra.get("check"), pad_score=exc.extra.get("pad_score"),
+                        challenge_id=challenge_id, model=f"{probe.model}:{probe.version}", request_id=rid)
         raise
     return pad_info, liveness
 
@@ -171,32 +159,33 @@ async def _liveness_checks(request: Request, principal: Principal, challenge_id:
              responses=problems(*IMAGE, *BACKEND, "forbidden", "gallery_not_found", "audit_unavailable"),
              openapi_extra=image_body(IdentifyForm, IdentifyJson, {"probe": "the face to identify"},
                                       {"probe": _B64, "gallery": "staff", "top_k": 5}))
-async def identify(request: Request, principal: VerifyKey) -> dict:
-    svc = services(request)
+async def identify(request: Request, principal: VerifyKey, settings: deps.SettingsDep, triton: deps.TritonDep,
+                   store: deps.StoreDep, points: deps.PointsDep, gate: deps.GateDep, sizes: deps.SizesDep,
+                   metrics: deps.MetricsDep, audit: deps.AuditDep, rid: deps.RequestIdDep) -> dict:
     options, images = await read_images(request, IdentifyForm, IdentifyJson, {"probe": "required"})
-    gallery = await svc.store.get_gallery(principal.tenant, options.gallery)
+    gallery = await store.get_gallery(principal.tenant, options.gallery)
     (probe,), templates = await asyncio.gather(
-        analyze_all(request, [("probe", images["probe"][0])], gallery["embedder"]),
-        svc.sizes.templates(principal.tenant, options.gallery))
-    face = select(probe, policy=options.multi_face, gate=svc.gate, field="probe")
-    decision = svc.points.decide_identify(probe.model, probe.version, templates, name=options.operating_point,
-                                          threshold=options.threshold)
-    hits = await svc.store.search(principal.tenant, options.gallery, probe.model, probe.version, face.embedding,
-                                  options.top_k, svc.settings.gateway_max_faces_per_subject)
+        analyze_all(triton, [("probe", images["probe"][0])], gallery["embedder"], request_id=rid),
+        sizes.templates(principal.tenant, options.gallery))
+    face = select(probe, policy=options.multi_face, gate=gate, field="probe")
+    decision = points.decide_identify(probe.model, probe.version, templates, name=options.operating_point,
+                                      threshold=options.threshold)
+    hits = await store.search(principal.tenant, options.gallery, probe.model, probe.version, face.embedding,
+                              options.top_k, settings.gateway_max_faces_per_subject)
     best = hits[0] if hits else None
     outcome = "match" if best is not None and best.similarity >= decision.threshold else "unknown"
     sees_all = principal.allows("enrol")  # verify-only keys see no near misses: a probe cannot list the gallery
     shown = hits if sees_all else [h for h in hits if h.similarity >= decision.threshold]
-    svc.metrics.decisions.labels("identify", outcome).inc()
-    svc.audit.write("identify", tenant=principal.tenant, key_id=principal.key_id, gallery=options.gallery,
-                    subject=best.subject if outcome == "match" else None,
-                    similarity=round(best.similarity, 6) if best else None, threshold=decision.threshold,
-                    operating_point=decision.name, fpir=decision.fpir, templates=templates, decision=outcome,
-                    model=f"{probe.model}:{probe.version}", request_id=request_id(request))
+    metrics.decisions.labels("identify", outcome).inc()
+    audit.write("identify", tenant=principal.tenant, key_id=principal.key_id, gallery=options.gallery,
+                subject=best.subject if outcome == "match" else None,
+                similarity=round(best.similarity, 6) if best else None, threshold=decision.threshold,
+                operating_point=decision.name, fpir=decision.fpir, templates=templates, decision=outcome,
+                model=f"{probe.model}:{probe.version}", request_id=rid)
     return {"decision": outcome, "subject_id": best.subject if outcome == "match" else None,
             "similarity": round(best.similarity, 6) if best and (sees_all or outcome == "match") else None,
             "candidates": [{"subject_id": h.subject, "similarity": round(h.similarity, 6), "face_id": h.face_id}
                            for h in shown],
             "threshold": decision.threshold, "operating_point": decision.as_dict(), "templates_searched": templates,
-            "model": {"embedder": embedder_name(probe.model), "name": probe.model, "version": probe.version},
-            "gallery": options.gallery, "probe_face": face.public(), "request_id": request_id(request)}
+            "model": model_json(probe),
+            "gallery": options.gallery, "probe_face": face.public(), "request_id": rid}

@@ -80,6 +80,18 @@ const EXPLAIN = {
   503: "A backend (Triton or Milvus) is unavailable; try again",
 };
 
+// Codes worth a sentence more than their detail (client-side codes have no HTTP status).
+const EXPLAIN_CODE = {
+  camera_denied: "The browser refused this page the camera, so nothing was captured or sent. Allow the camera " +
+    "for this site (the camera icon in the address bar, or the browser's site settings), then start again.",
+  webcam_unavailable: "No camera could be opened. The camera works only over https or from localhost, " +
+    "needs a connected camera that no other application holds, and needs the browser's permission.",
+  challenge_used: "A challenge is answered once (and a passed one binds one verify): start a new challenge.",
+  challenge_not_found: "The challenge is unknown, belongs to another tenant, or has been purged: start a new one.",
+  liveness_failed: "The verify was refused: the liveness challenge was not passed, was already used for a verify, " +
+    "expired, or the first photo is not the person who passed it.",
+};
+
 // Messages belong to the last action: a new one clears them.
 function clearMessages() { $("problem").hidden = true; $("receipt").hidden = true; put($("enrol-result")); }
 
@@ -87,7 +99,7 @@ function showProblem(err) {
   if (!(err instanceof Problem)) throw err;
   const body = err.body;
   const box = $("problem");
-  const explain = EXPLAIN[err.status];
+  const explain = EXPLAIN[err.status] || EXPLAIN_CODE[body.code];
   const when = err.retryAfter ? ` in ${err.retryAfter} s (Retry-After).` : ".";
   put(box,
     el("p", {}, el("strong", {}, err.status ? `HTTP ${err.status} ` : ""), el("span", { class: "code" }, body.code || "error"),
@@ -124,6 +136,7 @@ function selectTab(tab) {
     t.tabIndex = on ? 0 : -1;
     $(t.getAttribute("aria-controls")).hidden = !on;
   }
+  if (tab.id !== "tab-liveness") stopCapture();
   clearMessages();
   refreshPanel();
 }
@@ -235,6 +248,8 @@ $("verify-form").addEventListener("submit", (event) => { event.preventDefault();
   const form = new FormData();
   form.append("probe", probe); form.append("reference", reference);
   if ($("verify-point").value) form.append("operating_point", $("verify-point").value);
+  const challengeId = $("verify-liveness").value.trim();
+  if (challengeId) form.append("liveness_challenge", challengeId);
   const out = $("verify-result");
   put(out, el("p", {}, "Comparing…"));
   try {
@@ -245,11 +260,14 @@ $("verify-form").addEventListener("submit", (event) => { event.preventDefault();
       el("p", {}, `Similarity ${fixed(r.similarity)} ${r.match ? "≥" : "<"} threshold ${fixed(r.threshold)}`),
       scale(r.similarity, r.threshold),
       el("p", { class: "point-words" }, pointWords(r.operating_point, "verify")),
+      r.liveness ? el("p", { id: "verify-liveness-outcome" }, `Liveness challenge ${r.liveness.challenge_id} passed ` +
+        `and is now used up: the first photo is its person (cosine ${fixed(r.liveness.similarity)} to its frame 0).`) : null,
       el("div", { class: "photos" },
         await facePicture(probe, [r.probe_face], `First photo: ${selectionWords(r.probe_face)}`),
         await facePicture(reference, [r.reference_face], `Second photo: ${selectionWords(r.reference_face)}`)),
       legend(),
       el("p", { class: "hint" }, `Model ${r.model.embedder} (${r.model.name} v${r.model.version}); request ${r.request_id}`));
+    if (r.liveness) $("verify-liveness").value = "";  // it binds one verify: the next one needs a new challenge
   } catch (err) { put(out); throw err; }
 }); });
 
@@ -300,6 +318,182 @@ $("identify-form").addEventListener("submit", (event) => { event.preventDefault(
       await facePicture(probe, [r.probe_face], `Face searched: ${selectionWords(r.probe_face)}`));
   } catch (err) { put(out); throw err; }
 }); });
+
+// ---- Try: liveness (docs/liveness.md) ----------------------------------------------------------------
+// Pacing: time to face the camera, then each step's frames spread over its time (a person needs a moment
+// to read and move). Frames: one frontal, then PER_STEP per action, never more than the challenge's max_frames.
+const READY_MS = 1500, STEP_MS = 3000, PER_STEP = 3;
+const POSE_WORDS = { neutral: "as frame 0", turn_left: "turned to their left", turn_right: "turned to their right",
+  look_up: "chin up", look_down: "chin down" };
+const LIVENESS_WORDS = { live: "Live", not_live: "Not live",
+  inconclusive: "Inconclusive: capture again with a new challenge" };
+let challenge = null;  // the issued challenge, with `until`: its deadline by this browser's clock
+let capture = null;  // the running capture's AbortController
+let clock = null;  // the time-left ticker
+
+const timeLeft = (c) => Math.max(0, Math.ceil((c.until - Date.now()) / 1000));
+function tick() {
+  const left = timeLeft(challenge);
+  $("liveness-time").textContent = left ? `Time left: ${left} s.` : "Time is up: start a new challenge.";
+  if (!left) { clearInterval(clock); clock = null; }
+}
+
+// Ends a capture in progress (Cancel, another tab): the camera goes off, nothing is sent.
+function stopCapture() {
+  if (capture) capture.abort();
+  capture = null;
+  stopCamera($("liveness-video"));
+  $("liveness-video").hidden = true;
+}
+
+function endChallenge() {
+  stopCapture();
+  clearInterval(clock); clock = null;
+  $("liveness-run").hidden = true;
+}
+
+const pause = (ms, signal) => new Promise((resolve, reject) => {
+  if (signal.aborted) { reject(signal.reason); return; }
+  const timer = setTimeout(resolve, ms);
+  signal.addEventListener("abort", () => { clearTimeout(timer); reject(new DOMException("cancelled", "AbortError")); },
+    { once: true });
+});
+
+// The line said to the person (announced: aria-live), and a step's instruction added to the list of steps.
+function instruct(text, step) {
+  $("liveness-instruction").textContent = text;
+  if (step === undefined) return;
+  for (const li of $("liveness-steps").children) li.removeAttribute("aria-current");
+  $("liveness-steps").append(el("li", { "aria-current": "step" }, step));
+}
+
+$("liveness-start").addEventListener("click", () => run(async () => {
+  endChallenge();
+  put($("liveness-result"));
+  const issued = await call("POST", "liveness/challenges");
+  // The deadline by this browser's clock (the server's may differ): a little short, never long.
+  challenge = { ...issued, until: Date.now() + issued.deadline_s * 1000 };
+  const n = issued.actions.length;
+  $("liveness-ready").textContent = `Challenge ready: ${n} steps. Press Begin with your face in good light: the ` +
+    "camera opens, you look at it, then each step is shown when it is time for it.";
+  put($("liveness-steps")); instruct("");
+  $("liveness-progress").textContent = "";
+  $("liveness-begin").disabled = false;
+  $("liveness-actions").hidden = false;
+  $("liveness-run").hidden = false;
+  tick(); clock = setInterval(tick, 500);
+  $("liveness-begin").focus();
+}));
+
+$("liveness-cancel").addEventListener("click", () => { endChallenge(); $("liveness-start").focus(); });
+
+$("liveness-begin").addEventListener("click", () => run(async () => {
+  const c = challenge;  // a new challenge started meanwhile must not relabel this one's answer
+  if (!c) return;
+  $("liveness-begin").disabled = true;
+  const frames = await captureFrames(c);
+  if (!frames) return;  // cancelled
+  instruct("Done. Sending the frames…");
+  const form = new FormData();
+  form.append("nonce", c.nonce);
+  frames.forEach((f) => form.append("frames", f));
+  try {
+    const r = await call("POST", `liveness/challenges/${encodeURIComponent(c.challenge_id)}/frames`, { form });
+    instruct("Done: the gateway's decision is below.");
+    put($("liveness-result"), ...livenessResult(r, frames, c));
+  } finally {  // answered (or refused): a challenge is answered once
+    clearInterval(clock); clock = null;
+    $("liveness-time").textContent = `Frames sent with ${timeLeft(c)} s left.`;
+    $("liveness-ready").textContent = "Frames sent. Start a new challenge to try again.";
+    $("liveness-actions").hidden = true;
+  }
+}));
+
+// Opens the camera, says each step when it is due and takes the frames; null when cancelled.
+async function captureFrames(c) {
+  const video = $("liveness-video");
+  const perStep = Math.max(1, Math.min(PER_STEP, Math.floor((c.max_frames - 1) / c.actions.length)));
+  const total = 1 + perStep * c.actions.length;
+  capture = new AbortController();
+  const signal = capture.signal;
+  let stream = null;
+  try {
+    stream = await openCamera();
+    signal.throwIfAborted();  // cancelled while the browser asked for the permission
+    video.srcObject = stream;
+    video.hidden = false;
+    await video.play();
+    const frames = [];
+    const take = async () => {
+      frames.push(await snapshot(video, `frame-${frames.length}.jpg`));
+      $("liveness-progress").textContent = `${frames.length} of ${total} frames taken.`;
+    };
+    instruct("Look straight at the camera.");
+    await pause(READY_MS, signal);
+    await take();
+    for (let step = 0; step < c.actions.length; step++) {
+      instruct(`Step ${step + 1} of ${c.actions.length}: ${c.instructions[step]}, and hold it.`, c.instructions[step]);
+      for (let k = 0; k < perStep; k++) {
+        await pause(STEP_MS / perStep, signal);
+        await take();
+      }
+    }
+    return frames;
+  } catch (err) {
+    $("liveness-begin").disabled = false;  // the challenge is still unanswered: Begin may try it again
+    if (signal.aborted) { instruct("Cancelled: nothing was sent."); return null; }
+    instruct("");
+    throw err;  // e.g. camera_denied: allow the camera, then Begin again
+  } finally {  // the camera goes off as soon as the frames are taken
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    if (video.srcObject === stream) { video.srcObject = null; video.hidden = true; }
+    if (capture && capture.signal === signal) capture = null;
+  }
+}
+
+// The decision in words, the steps (which frame first showed each) and every frame's pose against frame 0.
+function livenessResult(r, frames, c) {
+  const instruction = Object.fromEntries(c.actions.map((a, i) => [a, c.instructions[i]]));
+  const evidence = Object.fromEntries(r.frames.map((f) => [f.index, f]));
+  const steps = r.steps.map((s, i) => el("tr", { "data-step": s.action },
+    el("td", { class: "num" }, i + 1), el("td", {}, instruction[s.action] || s.action),
+    el("td", {}, s.passed ? "done" : "not done"), el("td", {}, s.frame === null ? "–" : `frame ${s.frame}`)));
+  const rows = frames.map((file, i) => {
+    const f = evidence[i] || {};
+    const pointed = r.frame === i;
+    return el("tr", { "data-frame": i, class: pointed ? "pointed" : null },
+      el("td", { class: "num" }, i),
+      el("td", {}, el("img", { class: "thumb", src: URL.createObjectURL(file), alt: `frame ${i} as sent` })),
+      el("td", { class: "num" }, f.faces ?? "–"),
+      el("td", { class: "num" }, fixed(f.yaw, 1)), el("td", { class: "num" }, fixed(f.pitch, 1)),
+      el("td", { class: "num" }, fixed(f.delta_yaw, 1)), el("td", { class: "num" }, fixed(f.delta_pitch, 1)),
+      el("td", {}, f.pose ? POSE_WORDS[f.pose] || f.pose : "–"), el("td", { class: "num" }, fixed(f.similarity)),
+      el("td", {}, pointed ? `← ${r.reason}` : ""));
+  });
+  return [
+    el("p", { class: `decision ${r.decision === "live" ? "yes" : "no"}`, id: "liveness-decision" },
+      LIVENESS_WORDS[r.decision]),
+    el("p", { id: "liveness-reason" }, "Reason ", el("span", { class: "code" }, r.reason), `: ${r.detail}.`),
+    r.decision === "live" ? el("div", { class: "row" },
+      el("button", { type: "button", onclick: () => bindToVerify(r.challenge_id) }, "Verify with this challenge"),
+      el("span", { class: "hint" }, "binds one verify of this person, within minutes")) : null,
+    el("h3", {}, "Steps asked, in order"),
+    table(["step", "asked", "", "first shown in"], steps),
+    el("h3", {}, "Frames sent, with the pose the gateway measured"),
+    r.frames.length ? null : el("p", {}, "The gateway did not examine the frames (see the reason)."),
+    table(["frame", "", "faces", "yaw °", "pitch °", "Δ yaw °", "Δ pitch °", "reads as", "cosine to frame 0", ""], rows),
+    el("p", { class: "hint" }, `Frame 0 is the reference. A turn counts once the yaw moved ${c.yaw_deg}° from ` +
+      `frame 0, a look up or down once the pitch moved ${c.pitch_deg}°; every frame must be frame 0's ` +
+      `person (cosine ≥ ${fixed(r.identity_threshold)}, ${r.identity_operating_point}). Challenge ` +
+      `${r.challenge_id}; model ${r.model.embedder || "–"}; request ${r.request_id}.`),
+  ];
+}
+
+function bindToVerify(id) {
+  $("verify-liveness").value = id;
+  selectTab($("tab-verify"));
+  $("verify-probe").focus();
+}
 
 // ---- Operate: galleries ----------------------------------------------------------------------------
 const seg = encodeURIComponent;
@@ -483,39 +677,74 @@ $("enrol-form").addEventListener("submit", (event) => { event.preventDefault(); 
   }
 }); });
 
-// ---- webcam (optional: needs a camera and a secure context, i.e. https or localhost) -------------
+// ---- camera (getUserMedia works only in a secure context: https, or http://localhost / 127.0.0.1) -----
+const CAMERA_WORDS = {
+  NotAllowedError: "camera permission denied",
+  NotFoundError: "no camera found",
+  NotReadableError: "the camera is in use by another application, or the system blocked it",
+  OverconstrainedError: "the camera cannot give a picture of the size asked for",
+  SecurityError: "the browser allows no camera on this page (not https or localhost, or a policy)",
+};
+
+const CAMERA_SETTLE_MS = 700;  // after a camera opens, before its picture is worth taking (exposure, first frames)
+
+// An open camera stream, or a Problem saying why there is none (camera_denied: the permission was refused).
+async function openCamera() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Problem(0, { code: "webcam_unavailable", detail: "this page cannot use a camera (it needs https or localhost)" });
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia(
+      { video: { width: { ideal: 640 }, height: { ideal: 480 }, facingMode: "user" }, audio: false });
+  } catch (err) {
+    const words = CAMERA_WORDS[err.name] || "no camera";
+    throw new Problem(0, { code: err.name === "NotAllowedError" ? "camera_denied" : "webcam_unavailable",
+      detail: `${words} (${err.name}: ${err.message})` });
+  }
+}
+
+function stopCamera(video) {
+  const stream = video.srcObject;
+  if (stream) stream.getTracks().forEach((t) => t.stop());
+  video.srcObject = null;
+}
+
+// The video's current picture as a JPEG file: the camera's own (unmirrored) frame.
+function snapshot(video, name) {
+  const canvas = el("canvas");
+  canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  return new Promise((resolve, reject) => canvas.toBlob(
+    (blob) => (blob ? resolve(new File([blob], name, { type: "image/jpeg" })) : reject(new Error("no picture"))),
+    "image/jpeg", 0.92));
+}
+
+// ---- webcam snapshot for a photo field ---------------------------------------------------------------
 let webcamTarget = null;
 for (const button of document.querySelectorAll("button.webcam")) {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) { button.hidden = true; continue; }
   button.addEventListener("click", () => run(async () => {
     webcamTarget = button.dataset.target;
-    let stream;
-    try { stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false }); } catch (err) {
-      throw new Problem(0, { code: "webcam_unavailable", detail: `no webcam (${err.message})` });
-    }
-    $("webcam-video").srcObject = stream;
+    const video = $("webcam-video");
+    $("webcam-take").disabled = true;  // a camera's first frames can be black or dark: let it settle first
+    video.srcObject = await openCamera();
     $("webcam-dialog").showModal();
+    await video.play();
+    await new Promise((resolve) => setTimeout(resolve, CAMERA_SETTLE_MS));
+    $("webcam-take").disabled = false;
   }));
 }
 function closeWebcam() {
-  const stream = $("webcam-video").srcObject;
-  if (stream) stream.getTracks().forEach((t) => t.stop());
-  $("webcam-video").srcObject = null;
+  stopCamera($("webcam-video"));
   if ($("webcam-dialog").open) $("webcam-dialog").close();
 }
 $("webcam-close").addEventListener("click", closeWebcam);
 $("webcam-dialog").addEventListener("close", closeWebcam);
-$("webcam-take").addEventListener("click", () => {
-  const video = $("webcam-video");
-  const canvas = el("canvas");
-  canvas.width = video.videoWidth; canvas.height = video.videoHeight;
-  canvas.getContext("2d").drawImage(video, 0, 0);
-  canvas.toBlob((blob) => {
-    const files = new DataTransfer();
-    files.items.add(new File([blob], "webcam.jpg", { type: "image/jpeg" }));
-    $(webcamTarget).files = files.files;
-    closeWebcam();
-  }, "image/jpeg", 0.92);
-});
+$("webcam-take").addEventListener("click", () => run(async () => {
+  const files = new DataTransfer();
+  files.items.add(await snapshot($("webcam-video"), "webcam.jpg"));
+  $(webcamTarget).files = files.files;
+  closeWebcam();
+}));
 
 showKeyState();

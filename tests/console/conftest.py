@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from facestack.triton.launcher import free_port
@@ -65,13 +66,22 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="module")
+# Liveness challenges from the turns only, a turn counting from 8 degrees (default 15) and a look up or down from 25
+# (default 10): the registry photos the fake webcam shows turn about 13 and 21 degrees and differ in pitch by up to
+# 10 (tests/console/camera.py). The rule at its defaults is tested in tests/gateway/test_liveness*.py; here, the
+# console is.
+LIVENESS = {"gateway_liveness_actions": ["turn_left", "turn_right"], "gateway_liveness_yaw_deg": 8,
+            "gateway_liveness_pitch_deg": 25}
+
+
+@pytest.fixture(scope="package")
 def console(chromium, triton, tmp_path_factory) -> Iterator[Console]:
+    """The gateway of every console test (started once for tests/console)."""
     data = tmp_path_factory.mktemp("console-gateway")
     keys = write_keys(data / "keys.json", {name: ("console", scopes) for name, scopes in KEYS.items()})
     shots = Path(os.environ.get("FACESTACK_CONSOLE_SHOTS") or tmp_path_factory.mktemp("console-shots"))
     shots.mkdir(parents=True, exist_ok=True)
-    with running_gateway(data, triton.grpc_url, data / "keys.json") as gateway:
+    with running_gateway(data, triton.grpc_url, data / "keys.json", **LIVENESS) as gateway:
         gateway.wait_ready()
         yield Console(gateway.url, keys, shots)
 
@@ -99,3 +109,32 @@ def browser(chromium, tmp_path_factory):
         context.set_default_timeout(60_000)  # Triton on 2 shared cores: a verify can take seconds under load
         yield context
         context.close()
+
+
+@dataclass
+class Camera:
+    """A chromium whose webcam plays `file` (tests/console/camera.py writes it); pages of `granted` may use the
+    camera, pages of `denied` are refused it, as when a person blocks the camera for the site."""
+
+    file: Path
+    granted: object  # playwright BrowserContext
+    denied: object
+
+
+@pytest.fixture(scope="module")
+def camera(chromium, tmp_path_factory) -> Iterator[Camera]:
+    from playwright.sync_api import sync_playwright
+
+    from tests.console.camera import HEIGHT, WIDTH, write_y4m
+
+    file = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    write_y4m(file, [np.full((HEIGHT, WIDTH, 3), 128, np.uint8)])  # grey until a test shows something
+    args = [*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={file}"]
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(chromium), headless=True, args=args)
+        contexts = [launched.new_context(viewport={"width": 1280, "height": 900}, service_workers="block",
+                                         permissions=permissions) for permissions in (["camera"], [])]
+        for context in contexts:
+            context.set_default_timeout(60_000)
+        yield Camera(file, *contexts)
+        launched.close()

@@ -230,7 +230,8 @@ def test_labels_keyboard_and_360_px(console, page):
     expect(page.locator(f'tr[data-gallery="{gallery}"]')).to_be_visible()
 
     page.set_viewport_size({"width": 360, "height": 800})
-    for name in ("Try: verify", "Try: detect", "Try: identify", "Operate: galleries", "Operate: subjects"):
+    for name in ("Try: verify", "Try: detect", "Try: identify", "Try: liveness", "Operate: galleries",
+                 "Operate: subjects"):
         tab(page, name)
         width = page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= 360, f"{name}: the page is {width} px wide at a 360 px viewport"
