@@ -1,17 +1,19 @@
 """`python -m benchmarks.liveness`: the liveness challenge on LFW View 1, frames chosen by an independent pose.
 
-Genuine attempts: for each person with at least two photos, a challenge's frames are the person's own photos:
-a frontal-ish first frame, then for each asked step a photo whose REFERENCE pose (benchmarks/reference_pose.py:
-dlib's 68 landmarks + solvePnP, not facestack's five-point solver) changed from the first frame by at least the
-asked movement (`--ask-yaw` / `--ask-pitch`, the shipped thresholds: what the challenge tells the client), on
-that axis more than on the other. The gateway's very rule (gateway.liveness.evaluate) then judges facestack's
-own measurements of those photos. So the rate says how often a person who really moved as asked passes. (Until
-2026-12-02 the frames were chosen by facestack's own pose, which made the pose part pass by construction:
-99.2 %, a circular figure.) Photos of one person come from different days, so the identity check is stricter
-here than in one live session.
+Genuine attempts: for each person with at least two photos, a challenge's frames are the person's own photos
+(and, in a second pool, their turned photos mirrored): a frontal-ish first frame, then for each asked step a
+photo whose REFERENCE pose (benchmarks/reference_pose.py: dlib's 68 landmarks + solvePnP, not facestack's
+five-point solver) changed from the first frame by at least the asked movement (`--ask-yaw` / `--ask-pitch`:
+15 and 10 degrees, the shipped thresholds the challenge tells the client), on that axis more than on the other.
+The gateway's very rule (gateway.liveness.evaluate) then judges facestack's own measurements of those photos,
+so the rate says how often a person who really moved as asked passes. (Until 2026-12-02 the frames were chosen
+by facestack's own pose, which made the pose part pass by construction: 99.2 %, a circular figure.) Photos of
+one person come from different days, so the identity check is stricter here than in one live session.
 
-Still-photo replays (one photo re-encoded, rescaled or shifted) and tilted prints (one photo warped as a flat
-print turned about an axis) must never pass, under every configuration reported.
+Attacks, for every configuration: still-photo replays (one photo re-encoded, rescaled or shifted) and tilted
+prints (one photo warped as a flat print turned about an axis), in a random order and in the order that best
+shows the asked steps (a deliberate attacker). None may pass; a configuration is fitted only among those that
+none passed on DevTrain.
 
 Configurations (the challenge's action set and its yaw/pitch thresholds) are fitted on DevTrain's people and
 reported on DevTest's (disjoint people), never chosen on the reported split. The pipeline runs in process (the

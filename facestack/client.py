@@ -132,7 +132,7 @@ class ChallengeResponse(TypedDict):
     min_frames: int
     max_frames: int
     yaw_deg: float
-    pitch_deg: float | None  # None: turns only, pitch not judged
+    pitch_deg: float
     convention: str
 
 

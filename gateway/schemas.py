@@ -363,8 +363,7 @@ class ChallengeResponse(BaseModel):
     min_frames: int = Field(description="a frontal first frame and at least one frame per action")
     max_frames: int
     yaw_deg: float = Field(description="a turn counts once the yaw changed this much from the first frame")
-    pitch_deg: float | None = Field(description="a look up or down counts once the pitch changed this much; null "
-                                    "where the challenges ask for turns only (pitch is then not judged)")
+    pitch_deg: float = Field(description="a look up or down counts once the pitch changed this much")
     convention: str = Field(description="which way left and up are")
 
 

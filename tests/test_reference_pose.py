@@ -109,11 +109,12 @@ def test_agrees_with_facestack_on_registry_photos():
     from facestack.pipeline.faces import FacePipeline, Options
     from facestack.pipeline.runtime import InProcessModels, embedder_specs
     from facestack.settings import get_settings
+    from facestack.triton.model_config import pipeline_parameters
 
     repository = get_settings().model_repository
     specs, _ = embedder_specs(repository)
     models = InProcessModels(repository, specs, 2)
-    pipeline = FacePipeline(models.detect, models.embed, specs, detector_sizes=(640,))
+    pipeline = FacePipeline(models.detect, models.embed, specs, pipeline_parameters(repository))
     reference = reference_pose.ReferencePose()
     pairs = []
     for name in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "sample1.jpg", "sample2.jpg",

@@ -36,8 +36,7 @@ async def issue(principal: VerifyKey, settings: deps.SettingsDep, challenges: de
             "instructions": [liveness.INSTRUCTIONS[a] for a in actions], "expires_at": iso(challenge.deadline_ms),
             "deadline_s": settings.gateway_liveness_deadline_s, "min_frames": len(actions) + 1,
             "max_frames": settings.gateway_max_images_per_request, "yaw_deg": settings.gateway_liveness_yaw_deg,
-            "pitch_deg": settings.gateway_liveness_pitch_deg if liveness.judges_pitch(settings.gateway_liveness_actions)
-            else None, "convention": CONVENTION}
+            "pitch_deg": settings.gateway_liveness_pitch_deg, "convention": CONVENTION}
 
 
 def _frame(data: bytes, analysis: Analysis, min_face_size: float) -> liveness.Frame:
