@@ -164,6 +164,9 @@ class LivenessResult(TypedDict):
     actions: list[LivenessAction]
     steps: list[LivenessStep]
     frames: list[LivenessFrame]
+    pose_source: Literal["mesh", "five-point"]
+    yaw_deg: float
+    pitch_deg: float | None
     identity_threshold: float
     identity_operating_point: str
     model: ModelInfo
