@@ -27,8 +27,9 @@ from benchmarks import reference_pose
 from facestack.accuracy.dataset import LfwFolder
 from facestack.pipeline import detection, mesh, quality
 from facestack.pipeline.image import fit, to_nchw
-from facestack.pipeline.runtime import DETECTOR_MODEL, latest_version, onnx_session
+from facestack.pipeline.runtime import latest_version, onnx_session, session_options
 from facestack.settings import REPO_ROOT
+from facestack.triton.model_config import DETECTOR_MODEL
 
 DETECTOR_SIZES = (320, 640)
 ESTIMATORS = ("mesh", "five_point", "reference")
@@ -39,7 +40,7 @@ class Detector:
 
     def __init__(self, repository: Path) -> None:
         version, _ = latest_version(repository / DETECTOR_MODEL)
-        self.session = onnx_session(repository / DETECTOR_MODEL / version / "model.onnx", 1)
+        self.session = onnx_session(repository / DETECTOR_MODEL / version / "model.onnx", session_options(1))
 
     def central_face(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(box, 5 landmarks) of the face nearest the image's centre, in image pixels, or None."""
