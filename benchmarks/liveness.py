@@ -22,7 +22,7 @@ without them. Prints tables and writes JSON (default docs/bench/liveness.json).
 
 `--pose` is the pose the rule judges: `five-point` (YuNet's landmarks, facestack.pipeline.quality: what the
 gateway uses by default) or `mesh` (MediaPipe FaceMesh on the same YuNet face, facestack.pipeline.mesh; needs
-the exported model, `--mesh-model`, default `.data/face_mesh/1`; JSON default docs/bench/liveness-mesh.json).
+the exported model, `--mesh-model`, default `model_repository/face_mesh/1`; JSON default docs/bench/liveness-mesh.json).
 The frames of every attempt are the same under both: genuine ones are chosen by the reference pose, replays and
 prints are the same images; only the yaw/pitch/roll the rule reads differ (and the thresholds, fitted in that
 pose's degrees). The five landmarks still decide `repeated_frame`, as in the gateway.
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-people", type=int, default=0, help="the first N people per split (smoke runs)")
     parser.add_argument("--pose", choices=POSES, default="five-point", help="the pose the rule judges")
-    parser.add_argument("--mesh-model", type=Path, default=REPO_ROOT / ".data" / "face_mesh" / "1",
+    parser.add_argument("--mesh-model", type=Path, default=REPO_ROOT / "model_repository" / "face_mesh" / "1",
                         help="the exported FaceMesh (model.onnx, canonical_face.json), for --pose mesh")
     parser.add_argument("--out", type=Path, help="JSON (default docs/bench/liveness.json, with --pose mesh "
                                                  "liveness-mesh.json; - for none)")

@@ -8,7 +8,7 @@ on the angles themselves and on their change from a person's first photo (what t
 Also: the mesh's latency per face at one thread, the eye-openness distribution, and how YuNet's framing compares with
 MediaPipe's own tracking framing (the mesh's bounding box; the fit behind mesh.YUNET_SIDE / YUNET_SHIFT).
 
-Needs the exported model (`.venv-mesh/bin/python -m export.facemesh`, default `.data/face_mesh/1`).
+Needs the exported model (`.venv-mesh/bin/python -m export.facemesh`, default `model_repository/face_mesh/1`).
 Prints a table and writes JSON (default docs/bench/mesh_pose.json).
 """
 
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mesh_pose", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lfw", type=Path, default=REPO_ROOT.parent / "shared" / "datasets" / "lfw-view1")
-    parser.add_argument("--model", type=Path, default=REPO_ROOT / ".data" / "face_mesh" / "1")
+    parser.add_argument("--model", type=Path, default=REPO_ROOT / "model_repository" / "face_mesh" / "1")
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
     parser.add_argument("--limit", type=int, default=1000, help="images, spread evenly over the sorted list (0 = all)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench" / "mesh_pose.json")

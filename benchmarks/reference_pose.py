@@ -7,14 +7,15 @@ load it in gateway/ or facestack/, or depend on it; it serves here to choose tes
 facestack's own five-point solver (facestack.pipeline.quality.pose) did not produce.
 
 The pose: dlib's HOG detector finds the face, the shape predictor places 68 landmarks, and cv2.solvePnP fits a
-generic 3D face to them. The generic face is built here, not copied: x and y are the shape predictor's own mean
-shape (read from the model file, so a frontal face projects onto it exactly), z is an anthropometric depth per
-landmark (below). Only the 51 inner points (brows, nose, eyes, mouth) are used: the 17 jaw-line points follow
-the visible silhouette, which slides over the head as it turns, so they are not fixed points of a rigid face.
-Like every generic-model pose, its scale rests on the assumed depths: a real nose 15 % longer than the model's
-reads turns about 15 % larger. Conventions are facestack's: yaw > 0 = the face turned towards the image's right
-(the person's own left), pitch > 0 = looking down, roll > 0 = the eye line turned clockwise; degrees.
-"""
+generic 3D face to them (through quality.solve_pose, the solver every facestack pose uses: what is independent here
+is the landmarks and the 3D face, not the fitting arithmetic). The generic face is built here, not copied: x and y
+are the shape predictor's own mean shape (read from the model file, so a frontal face projects onto it exactly), z
+is an anthropometric depth per landmark (below). Only the 51 inner points (brows, nose, eyes, mouth) are used: the
+17 jaw-line points follow the visible silhouette, which slides over the head as it turns, so they are not fixed
+points of a rigid face. Like every generic-model pose, its scale rests on the assumed depths: a real nose 15 %
+longer than the model's reads turns about 15 % larger. Conventions are facestack's: yaw > 0 = the face turned
+towards the image's right (the person's own left), pitch > 0 = looking down, roll > 0 = the eye line turned
+clockwise; degrees."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from facestack.pipeline.headpose import solve_pose
 
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
 INNER = np.arange(17, 68)  # brows 17-26, nose 27-35, eyes 36-47, mouth 48-67 (dlib / iBUG 300-W order)
@@ -49,7 +51,6 @@ _CENTRE_DEPTH = {27: -0.15, 28: -0.27, 29: -0.40, 30: -0.55, 33: -0.33, 51: -0.3
 MIRROR = {17: 26, 18: 25, 19: 24, 20: 23, 21: 22, 36: 45, 37: 44, 38: 43, 39: 42, 40: 47, 41: 46, 31: 35, 32: 34,
           48: 54, 49: 53, 50: 52, 59: 55, 58: 56, 60: 64, 61: 63, 67: 65}
 
-_CAMERA_DISTANCE = 10.0  # face sizes: near-orthographic, as for a portrait at arm's length or more
 
 
 def model_path() -> Path | None:
@@ -119,19 +120,10 @@ def solve(points: np.ndarray, face: np.ndarray) -> tuple[float, float, float]:
     model = np.ascontiguousarray(face[INNER], np.float64)
     right, left = _eye_centres(np.asarray(points, np.float64))
     size = max(float(np.linalg.norm(left - right)), 1e-3)
-    focal = _CAMERA_DISTANCE * size
-    centre = image.mean(axis=0)
-    camera = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
-    ok, rvec, tvec = cv2.solvePnP(model, image, camera, None, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
+    angles = solve_pose(model, image, size)
+    if angles is None:
         raise ValueError("solvePnP found no pose")
-    rvec, tvec = cv2.solvePnPRefineLM(model, image, camera, None, rvec, tvec)
-    rotation, _ = cv2.Rodrigues(rvec)
-    # rotation = Rz(roll) @ Ry(-yaw) @ Rx(pitch), as facestack.pipeline.quality.pose decomposes it
-    yaw = np.degrees(np.arctan2(rotation[2, 0], np.hypot(rotation[0, 0], rotation[1, 0])))
-    pitch = np.degrees(np.arctan2(rotation[2, 1], rotation[2, 2]))
-    roll = np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0]))
-    return float(yaw), float(pitch), float(roll)
+    return angles
 
 
 def five_points(points: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """MediaPipe FaceMesh (face_landmark, 468 points, Apache-2.0) -> ONNX, checked against MediaPipe itself.
 
-    .venv-mesh/bin/python -m export.facemesh [--out .data/face_mesh/1]
+    .venv-mesh/bin/python -m export.facemesh [--out model_repository/face_mesh/1]
 
 Not part of `python -m export` / `make models` yet (docs/mesh.md): the conversion needs TensorFlow, tf2onnx and
 the reference runtime (`mediapipe`), the `mesh-export` extra, installed into a separate venv:
@@ -274,7 +274,7 @@ def export(out_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.facemesh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=artifacts.REPO_ROOT / ".data" / "face_mesh" / "1")
+    parser.add_argument("--out", type=Path, default=artifacts.REPO_ROOT / "model_repository" / "face_mesh" / "1")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:

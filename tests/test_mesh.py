@@ -1,7 +1,8 @@
 """FaceMesh (facestack.pipeline.mesh, export/facemesh.py): parity with MediaPipe, pose signs, eye openness.
 
-The exported model is not part of `make models` yet: tests that run it skip unless
-`.venv-mesh/bin/python -m export.facemesh` has written `.data/face_mesh/1/` (or FACESTACK_MESH_DIR points at one).
+The exported model is not part of `make models`: tests that run it skip unless `make mesh` has written
+`model_repository/face_mesh/1/` (or FACESTACK_MESH_DIR points at one).
+
 The parity test needs the reference runtime (mediapipe + TensorFlow), which the service's venv does not hold: it
 runs in-process when importable, else through `.venv-mesh/bin/python` (or FACESTACK_MESH_PYTHON), else skips.
 """
@@ -21,7 +22,7 @@ import pytest
 from facestack.artifacts import REPO_ROOT, photo
 from facestack.pipeline import mesh, quality
 
-MODEL_DIR = Path(os.environ.get("FACESTACK_MESH_DIR", REPO_ROOT / ".data" / "face_mesh" / "1"))
+MODEL_DIR = Path(os.environ.get("FACESTACK_MESH_DIR", REPO_ROOT / "model_repository" / "face_mesh" / "1"))
 MESH_PYTHON = Path(os.environ.get("FACESTACK_MESH_PYTHON", REPO_ROOT / ".venv-mesh" / "bin" / "python"))
 
 

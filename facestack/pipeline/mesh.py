@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from facestack.pipeline.headpose import solve_pose
+
 INPUT_SIZE = 192
 POINTS = 468
 INPUT_NAME = "input"
@@ -120,7 +122,6 @@ class Canonical:
 # The canonical face turned into facestack's camera frame (quality.FACE_3D's: x to the image's right, y down,
 # z away from the camera).
 _TO_CAMERA = np.diag([1.0, -1.0, -1.0])
-_CAMERA_DISTANCE = 10.0  # face sizes, near-orthographic as in quality.pose
 
 
 def head_pose(points: np.ndarray, canonical: Canonical) -> tuple[float, float, float]:
@@ -132,19 +133,7 @@ def head_pose(points: np.ndarray, canonical: Canonical) -> tuple[float, float, f
         return 0.0, 0.0, 0.0
     # Scale the model to image units roughly (cm -> px), so the assumed camera distance means what it says.
     model = model * (size / float(np.ptp(model[:, :2], axis=0).max()))
-    focal = _CAMERA_DISTANCE * size
-    centre = image.mean(axis=0)
-    camera = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
-    ok, rvec, tvec = cv2.solvePnP(model, image, camera, None, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
-        return 0.0, 0.0, 0.0
-    rvec, tvec = cv2.solvePnPRefineLM(model, image, camera, None, rvec, tvec)
-    rotation, _ = cv2.Rodrigues(rvec)
-    # The same decomposition as quality.pose: rotation = Rz(roll) @ Ry(-yaw) @ Rx(pitch)
-    yaw = np.degrees(np.arctan2(rotation[2, 0], np.hypot(rotation[0, 0], rotation[1, 0])))
-    pitch = np.degrees(np.arctan2(rotation[2, 1], rotation[2, 2]))
-    roll = np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0]))
-    return float(yaw), float(pitch), float(roll)
+    return solve_pose(model, image, size) or (0.0, 0.0, 0.0)
 
 
 def eye_openness(points: np.ndarray) -> tuple[float, float]:

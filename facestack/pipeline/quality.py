@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from facestack.pipeline.headpose import solve_pose
 from facestack.settings import Settings, get_settings
 
 FIELDS = ("face_size", "sharpness", "yaw", "pitch", "roll", "brightness")
@@ -27,8 +28,6 @@ FACE_3D = np.array([
     [-0.414, 1.154, -0.05],
     [0.414, 1.154, -0.05],
 ])
-# The camera is assumed this many face sizes away: near-orthographic, as for a portrait at arm's length or more.
-_CAMERA_DISTANCE = 10.0
 
 
 def pose(landmarks: np.ndarray) -> tuple[float, float, float]:
@@ -45,19 +44,7 @@ def pose(landmarks: np.ndarray) -> tuple[float, float, float]:
     size = max(float(np.linalg.norm(points[1] - points[0])), float(np.linalg.norm(mouth_mid - eyes_mid)))
     if not np.isfinite(points).all() or size < 1e-3:
         return 0.0, 0.0, 0.0  # a degenerate face: nothing to measure
-    focal = _CAMERA_DISTANCE * size
-    centre = points.mean(axis=0)
-    camera = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]])
-    ok, rvec, tvec = cv2.solvePnP(FACE_3D, points, camera, None, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
-        return 0.0, 0.0, 0.0
-    rvec, tvec = cv2.solvePnPRefineLM(FACE_3D, points, camera, None, rvec, tvec)
-    rotation, _ = cv2.Rodrigues(rvec)
-    # rotation = Rz(roll) @ Ry(-yaw) @ Rx(pitch)
-    yaw = np.degrees(np.arctan2(rotation[2, 0], np.hypot(rotation[0, 0], rotation[1, 0])))
-    pitch = np.degrees(np.arctan2(rotation[2, 1], rotation[2, 2]))
-    roll = np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0]))
-    return float(yaw), float(pitch), float(roll)
+    return solve_pose(FACE_3D, points, size) or (0.0, 0.0, 0.0)
 
 
 # Sharpness is measured on the crop brought to this side, so that one gate serves every embedder: dlib's 150-px
