@@ -32,7 +32,7 @@ log = logging.getLogger("gateway")
 FIELDS = ("operation", "tenant", "key_id", "gallery", "subject", "face_ids", "similarity", "threshold",
           "operating_point", "fpir", "templates", "decision", "model", "faces", "templates_deleted",
           "subjects_deleted", "receipt_id", "request_id", "outcome", "challenge_id", "reason", "actions", "pad_score",
-          "liveness")
+          "liveness", "pose_source")
 GENESIS = "0" * 64
 
 

@@ -105,7 +105,7 @@ async def frames(challenge_id: str, request: Request, principal: VerifyKey, sett
     metrics.decisions.labels("liveness", outcome.decision).inc()
     audit.write("liveness", tenant=principal.tenant, key_id=principal.key_id, challenge_id=challenge.id,
                 decision=outcome.decision, reason=outcome.reason, actions=",".join(challenge.actions),
-                pad_score=_lowest([f.pad_score for f in observed]),
+                pose_source=source, pad_score=_lowest([f.pad_score for f in observed]),
                 model=f"{model}:{version}" if model else None, request_id=rid)
     return {"challenge_id": challenge.id, "decision": outcome.decision, "reason": outcome.reason,
             "detail": outcome.detail, "frame": outcome.frame, "actions": challenge.actions, "steps": outcome.steps,

@@ -451,6 +451,9 @@ async function captureFrames(c) {
   }
 }
 
+// Which estimator read the poses (the answer's pose_source; docs/liveness.md).
+const POSE_SOURCES = { "mesh": "the face mesh (468 points)", "five-point": "the five face landmarks" };
+
 // The decision in words, the steps (which frame first showed each) and every frame's pose against frame 0.
 function livenessResult(r, frames, c) {
   const instruction = Object.fromEntries(c.actions.map((a, i) => [a, c.instructions[i]]));
@@ -482,8 +485,10 @@ function livenessResult(r, frames, c) {
     el("h3", {}, "Frames sent, with the pose the gateway measured"),
     r.frames.length ? null : el("p", {}, "The gateway did not examine the frames (see the reason)."),
     table(["frame", "", "faces", "yaw °", "pitch °", "Δ yaw °", "Δ pitch °", "reads as", "cosine to frame 0", ""], rows),
-    el("p", { class: "hint" }, `Frame 0 is the reference. A turn counts once the yaw moved ${c.yaw_deg}° from ` +
-      `frame 0, a look up or down once the pitch moved ${c.pitch_deg}°; every frame must be frame 0's ` +
+    el("p", { class: "hint", id: "liveness-rule" }, `Frame 0 is the reference. Poses read from ` +
+      `${POSE_SOURCES[r.pose_source] || r.pose_source}. A turn counts once the yaw moved ${r.yaw_deg ?? c.yaw_deg}° ` +
+      `from frame 0, ${r.pitch_deg == null ? "a nod is not judged (turns only)" :
+        `a look up or down once the pitch moved ${r.pitch_deg}°`}; every frame must be frame 0's ` +
       `person (cosine ≥ ${fixed(r.identity_threshold)}, ${r.identity_operating_point}). Challenge ` +
       `${r.challenge_id}; model ${r.model.embedder || "–"}; request ${r.request_id}.`),
   ];

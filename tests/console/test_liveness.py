@@ -73,6 +73,8 @@ def shows(page: Page, body: dict, sent: int) -> None:
     expect(page.locator("#liveness-decision")).to_have_text(words[body["decision"]])
     expect(page.locator("#liveness-reason .code")).to_have_text(body["reason"])
     expect(page.locator("#liveness-reason")).to_contain_text(body["detail"])
+    expect(page.locator("#liveness-rule")).to_contain_text(
+        "face mesh" if body["pose_source"] == "mesh" else "five face landmarks")
     steps = page.locator("#liveness-result tr[data-step]")
     expect(steps).to_have_count(len(body["actions"]))
     for row, step in zip(steps.all(), body["steps"], strict=True):

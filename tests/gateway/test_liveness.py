@@ -150,6 +150,7 @@ def test_live_then_verify_bound_to_it(acme, obama, turns_gw, problem):
     events = [json.loads(line) for line in Path(turns_gw.settings.data_dir / "audit.jsonl").read_text().splitlines()]
     mine = [e for e in events if e.get("challenge_id") == issued["challenge_id"]]
     assert [e["operation"] for e in mine][:2] == ["liveness", "verify"] and mine[0]["decision"] == "live"
+    assert mine[0]["pose_source"] == body["pose_source"]  # the audit says which pose judged
     verify_chain(turns_gw.settings.data_dir / "audit.jsonl")
 
 
