@@ -27,7 +27,8 @@ from benchmarks import reference_pose
 from facestack.accuracy.dataset import LfwFolder
 from facestack.pipeline import detection, mesh, quality
 from facestack.pipeline.image import fit, to_nchw
-from facestack.pipeline.runtime import latest_version, onnx_session, session_options
+from facestack.pipeline.runtime import latest_version
+from facestack.pipeline.sessions import onnx_session, session_options
 from facestack.settings import REPO_ROOT
 from facestack.triton.model_config import DETECTOR_MODEL
 

@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 from export import sface
 from export.weights import SFACE_INT8BQ
 from facestack.artifacts import fetch
-from facestack.pipeline.runtime import onnx_session, session_options
+from facestack.pipeline.sessions import onnx_session, session_options
 
 NAIVE, EXPORTED = "naive fold", "+ PRelu as s*x + (1-s)*Relu(x) = exported"
 LEVELS = {"ORT basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -33,7 +33,8 @@ from facestack.artifacts import PHOTOS, REPO_ROOT, photo_bytes
 from facestack.pipeline import choice
 from facestack.pipeline.faces import FacePipeline, Options, l2_normalise
 from facestack.pipeline.image import ImageError
-from facestack.pipeline.runtime import InProcessModels, embedder_specs, latest_version, onnx_session, session_options
+from facestack.pipeline.runtime import InProcessModels, embedder_specs, latest_version
+from facestack.pipeline.sessions import onnx_session, session_options
 from facestack.triton.model_config import pipeline_parameters
 
 REPOSITORY = REPO_ROOT / "model_repository"

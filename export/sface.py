@@ -25,7 +25,7 @@ import onnxslim
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from facestack.pipeline.runtime import onnx_session, session_options
+from facestack.pipeline.sessions import onnx_session, session_options
 
 INPUT_SIZE = 112
 EMBEDDING_DIM = 128
@@ -239,7 +239,7 @@ def optimise_graph(model: onnx.ModelProto, passes: tuple[tuple[str, Pass], ...] 
 
 def session(model: onnx.ModelProto | bytes | Path, threads: int = BENCH_THREADS,
             level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
-    """A CPU onnxruntime session set up like the served one (facestack.pipeline.runtime.session_options)."""
+    """A CPU onnxruntime session set up like the served one (facestack.pipeline.sessions.session_options)."""
     options = session_options(threads, level)
     options.log_severity_level = 3  # the naive fold warns once per initializer-input
     return onnx_session(model.SerializeToString() if isinstance(model, onnx.ModelProto) else model, options)

@@ -19,7 +19,7 @@ from export import dlib_resnet
 from export.weights import DLIB_RESNET, DLIB_SHAPE5, YUNET
 from facestack.artifacts import fetch, photo
 from facestack.pipeline.alignment import align
-from facestack.pipeline.runtime import onnx_session, session_options
+from facestack.pipeline.sessions import onnx_session, session_options
 
 dlib = pytest.importorskip("dlib")
 

@@ -21,7 +21,7 @@ from facestack.pipeline.image import (
     sniff_format,
     to_nchw,
 )
-from facestack.pipeline.runtime import onnx_session, session_options
+from facestack.pipeline.sessions import onnx_session, session_options
 from facestack.triton.model_config import pipeline_parameters
 
 SERVED = pipeline_parameters()  # face_pipeline's config.pbtxt: detector sizes, pixel limit

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from facestack.pipeline.headpose import solve_pose
+from facestack.pipeline.sessions import newest_version, onnx_session, session_options
 
 INPUT_SIZE = 192
 POINTS = 468
@@ -166,11 +166,7 @@ class Mesh:
 
 def model_dir(repository: Path, model: str) -> Path | None:
     """The newest version folder of `model` holding both files FaceMesh needs, or None (`make mesh` not run)."""
-    folder = repository / model
-    versions = sorted((int(p.name) for p in folder.glob("*")
-                       if p.name.isdigit() and (p / MODEL_FILE).exists() and (p / CANONICAL_FILE).exists()),
-                      reverse=True) if model and folder.is_dir() else []
-    return folder / str(versions[0]) if versions else None
+    return newest_version(repository / model, MODEL_FILE, CANONICAL_FILE) if model else None
 
 
 def _sigmoid(x: float) -> float:
@@ -181,12 +177,7 @@ class FaceMesh:
     """The exported model and canonical face from a model directory (model.onnx + canonical_face.json)."""
 
     def __init__(self, directory: Path, threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(directory / MODEL_FILE), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = onnx_session(directory / MODEL_FILE, session_options(threads))
         self.canonical = Canonical.load(directory / CANONICAL_FILE)
 
     def infer(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facestack.pipeline.sessions import newest_version
+
 PAD_MODEL = "face_pad"
 INPUT_NAME = "input"
 OUTPUT_NAME = "score"
@@ -26,7 +28,5 @@ PadFn = Callable[[np.ndarray], np.ndarray]
 
 def model_file(repository: Path, model: str = PAD_MODEL) -> Path | None:
     """The newest version's model.onnx of the PAD model, or None when it is not in the repository."""
-    folder = repository / model
-    versions = sorted((int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / "model.onnx").exists()),
-                      reverse=True) if folder.is_dir() else []
-    return folder / str(versions[0]) / "model.onnx" if versions else None
+    version = newest_version(repository / model, "model.onnx")
+    return version / "model.onnx" if version else None

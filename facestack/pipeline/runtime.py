@@ -16,36 +16,16 @@ import onnxruntime as ort
 
 from facestack.pipeline import detection
 from facestack.pipeline.faces import EmbedderSpec
+from facestack.pipeline.sessions import newest_version, onnx_session, session_options
 from facestack.triton.model_config import pipeline_parameters
-
-
-def session_options(threads: int, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                    ) -> ort.SessionOptions:
-    """CPU session options as served: `threads` intra-op threads (0: onnxruntime's choice), one inter-op thread.
-    ORT_ENABLE_ALL is the default of onnxruntime and of Triton's onnxruntime backend."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Several sessions share the cores (detector, embedders, pipeline glue): spinning threads would
-    # burn the CPU another model needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = level
-    return options
-
-
-def onnx_session(model: Path | bytes, options: ort.SessionOptions) -> ort.InferenceSession:
-    """A CPU session of an ONNX file or serialized model, with options from session_options."""
-    return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
-                                providers=["CPUExecutionProvider"])
 
 
 def latest_version(model_dir: Path) -> tuple[str, dict]:
     """The newest exported version of a model (the one Triton serves by default) and its manifest."""
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()
-                       and (p / "manifest.json").exists()), reverse=True)
-    if not versions:
+    version = newest_version(model_dir, "manifest.json")
+    if version is None:
         raise FileNotFoundError(f"no exported version with manifest.json under {model_dir} (run `python -m export`)")
-    return str(versions[0]), json.loads((model_dir / str(versions[0]) / "manifest.json").read_text())
+    return version.name, json.loads((version / "manifest.json").read_text())
 
 
 def embedder_specs(repository: Path, models: Mapping[str, str] | None = None

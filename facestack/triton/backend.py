@@ -15,7 +15,8 @@ import triton_python_backend_utils as pb_utils
 from facestack.pipeline import detection, mesh, pad
 from facestack.pipeline.faces import FacePipeline, Faces, Options
 from facestack.pipeline.image import ImageError
-from facestack.pipeline.runtime import InProcessModels, embedder_specs, onnx_session, session_options
+from facestack.pipeline.runtime import InProcessModels, embedder_specs
+from facestack.pipeline.sessions import onnx_session, session_options
 from facestack.triton.contract import EYES_OUTPUT, MESH_INPUT, MESH_POSE_OUTPUT, PAD_OUTPUT
 from facestack.triton.model_config import PipelineParameters, parameters
 
