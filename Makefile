@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint models mesh peer bench bench-gateway bench-milvus eval loadtest soak clean
+.PHONY: run test lint models peer bench bench-gateway bench-milvus eval loadtest soak clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (facestack needs Python 3.11)"; exit 1; }
@@ -20,20 +20,6 @@ $(STAMP): pyproject.toml
 
 models: $(STAMP)
 	@$(PY) -m export --if-missing
-
-# Opt-in, not part of `models` or `test`: MediaPipe FaceMesh for the liveness pose (docs/mesh.md, docs/liveness.md).
-# The converter venv (the `mesh-export` extra: TensorFlow, tf2onnx, mediapipe) costs ~9 min and 2.4 GB, once;
-# MESH_VENV=/path/to/an/existing/one reuses it. Writes model_repository/face_mesh/ (git-ignored): the model,
-# the canonical face, the manifest, and the Triton config that serves it (face_pipeline runs it in process).
-MESH_VENV ?= .venv-mesh
-MESH_DIR := model_repository/face_mesh
-mesh: $(STAMP)
-	@test -x $(MESH_VENV)/bin/python || { echo "==> creating $(MESH_VENV) (the mesh-export extra)" && \
-		$(PYTHON) -m venv $(MESH_VENV) && $(MESH_VENV)/bin/pip install -q $$($(PYTHON) -c "import tomllib; \
-		print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['mesh-export']))"); }
-	@$(MESH_VENV)/bin/python -m export.facemesh --out $(MESH_DIR)/1
-	@cp export/face_mesh.pbtxt $(MESH_DIR)/config.pbtxt
-	@cp model_repository/face_embedder/1/model.py $(MESH_DIR)/1/model.py
 
 # MILVUS=server: a real Milvus 2.3.5 server (from the milvus wheel) instead of the Milvus Lite file
 run: models

@@ -8,7 +8,7 @@ on the angles themselves and on their change from a person's first photo (what t
 Also: the mesh's latency per face at one thread, the eye-openness distribution, and how YuNet's framing compares with
 MediaPipe's own tracking framing (the mesh's bounding box; the fit behind mesh.YUNET_SIDE / YUNET_SHIFT).
 
-Needs the exported model (`.venv-mesh/bin/python -m export.facemesh`, default `model_repository/face_mesh/1`).
+Needs the exported model (`make models`, default `model_repository/face_mesh/1`).
 Prints a table and writes JSON (default docs/bench/mesh_pose.json).
 """
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", action="store_true", help="also write every face's readings into the JSON")
     args = parser.parse_args(argv)
     if not (args.model / mesh.MODEL_FILE).exists():
-        print(f"error: no {mesh.MODEL_FILE} in {args.model}: run `.venv-mesh/bin/python -m export.facemesh`",
+        print(f"error: no {mesh.MODEL_FILE} in {args.model}: run `make models`",
               file=sys.stderr)
         return 1
     started = time.perf_counter()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import sys
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export import weights
+from export import facemesh, weights
 from facestack import artifacts
 from facestack.artifacts import Artifact, sha256_file
 from facestack.settings import THRESHOLDS_FILE
@@ -28,13 +29,15 @@ class ModelExport:
     model: str  # Triton model name
     family: str
     artifact: Artifact
-    module: str  # export.<module>.export_onnx(src, out) -> facts
+    module: str  # export.<module>.export_onnx(src, out) -> facts; may write more files beside `out`
+    helpers: tuple[str, ...] = ()  # other export.<module>s it converts with (their changes re-export too)
 
 
 MODELS = (
     ModelExport("face_detector", "yunet-2023mar", weights.YUNET, "yunet"),
     ModelExport("face_embedder", "sface-2021dec", weights.SFACE_INT8BQ, "sface"),
     ModelExport("face_embedder_dlib", "dlib-resnet-v1", weights.DLIB_RESNET, "dlib_resnet"),
+    ModelExport("face_mesh", "mediapipe-face-landmark-468", facemesh.FACE_LANDMARK, "facemesh", ("tflite_onnx",)),
 )
 
 
@@ -43,8 +46,9 @@ def version_dir(repository: Path, model: str) -> Path:
 
 
 def exporter_sha256(spec: ModelExport) -> str:
-    """The exporter module's source: a changed exporter (new graph rewrite, new input type) re-exports."""
-    return sha256_file(Path(__file__).with_name(f"{spec.module}.py"))
+    """The exporter modules' source: a changed exporter (new graph rewrite, new input type) re-exports."""
+    digests = [sha256_file(Path(__file__).with_name(f"{m}.py")) for m in (spec.module, *spec.helpers)]
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def is_current(repository: Path, spec: ModelExport) -> bool:
@@ -97,7 +101,8 @@ def build_manifest(spec: ModelExport, facts: dict, onnx_path: Path) -> dict:
         "licence": a.licence,
         "source": {"registry": a.registry, "package": a.package, "version": a.version, "archive": a.archive,
                    "archive_sha256": a.archive_sha256, "member": a.member, "member_sha256": a.member_sha256},
-        "exporter": {"module": f"export/{spec.module}.py", "sha256": exporter_sha256(spec)},
+        "exporter": {"module": f"export/{spec.module}.py", "sha256": exporter_sha256(spec),
+                     **({"helpers": [f"export/{m}.py" for m in spec.helpers]} if spec.helpers else {})},
         "output": {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "bytes": onnx_path.stat().st_size},
         **facts,
         **calibration_fields(spec.model),
@@ -114,6 +119,9 @@ def export_model(repository: Path, spec: ModelExport) -> dict:
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         tmp_onnx = Path(tmp) / "model.onnx"
         facts = module.export_onnx(src, tmp_onnx)
+        for extra in sorted(Path(tmp).iterdir()):  # model.onnx last: it marks the export as complete
+            if extra != tmp_onnx:
+                extra.replace(directory / extra.name)
         tmp_onnx.replace(directory / "model.onnx")
     manifest = build_manifest(spec, facts, directory / "model.onnx")
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

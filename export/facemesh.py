@@ -1,132 +1,91 @@
-"""MediaPipe FaceMesh (face_landmark, 468 points, Apache-2.0) -> ONNX, checked against MediaPipe itself.
+"""MediaPipe FaceMesh (face_landmark, 468 points, Apache-2.0) -> ONNX, checked against TensorFlow Lite.
 
-    .venv-mesh/bin/python -m export.facemesh [--out model_repository/face_mesh/1]
-
-Not part of `python -m export` / `make models` yet (docs/mesh.md): the conversion needs TensorFlow, tf2onnx and
-the reference runtime (`mediapipe`), the `mesh-export` extra, installed into a separate venv:
-
-    python3.11 -m venv .venv-mesh && .venv-mesh/bin/pip install -e '.[mesh-export]'
+    python -m export --only face_mesh      (part of `python -m export` / `make models`)
 
 Sources, both pinned by version and sha256 (facestack.artifacts fetches them with pip / npm):
 - the model: `mediapipe==0.10.21`'s `mediapipe/modules/face_landmark/face_landmark.tflite`, the model its
-  legacy `solutions.face_mesh` runs (refine_landmarks=False); that wheel is also the parity reference;
+  legacy `solutions.face_mesh` runs (refine_landmarks=False);
 - the canonical face (468 vertices in cm, and the 33 rigid landmarks MediaPipe's own pose fit weighs): the
   wheel does not ship it, npm `@mediapipe/face_mesh@0.4.1657299874` does, as
   `face_geometry/data/geometry_pipeline_metadata_landmarks.binarypb` packed at a fixed offset inside
-  `face_mesh_solution_packed_assets.data` (offsets from that package's `..._packed_assets_loader.js`).
+  `face_mesh_solution_packed_assets.data` (offsets from that package's `..._packed_assets_loader.js`). It is
+  decoded with the protobuf schema the same wheel ships (its generated `*_pb2.py` files carry the serialized
+  .proto descriptors), by the protobuf library, without importing mediapipe.
 
-Conversion is tf2onnx's (`from_tflite`, opset 13): the fp16 weights come out dequantised to fp32. Then only
-names and the batch axis change: the input becomes `input` [N, 192, 192, 3] (RGB in [0, 1], NHWC as
-MediaPipe feeds it), the two final Reshapes (1x1 spatial maps to [1, 1, 1, K]) get `-1` batch targets, so
-the outputs are `landmarks` [N, 468, 3] (crop pixels) and `face_flag` [N, 1] (a logit).
+Conversion is export/tflite_onnx.py's (no TensorFlow; opset 13): the fp16 weights come out dequantised to fp32;
+the input is `input` [N, 192, 192, 3] (RGB in [0, 1], NHWC as MediaPipe feeds it), the outputs `landmarks`
+[N, 468, 3] (crop pixels) and `face_flag` [N, 1] (a logit). Its outputs equal those of the tf2onnx 1.17
+conversion this module used before (max difference 0.0 on random inputs, docs/mesh.md), so that conversion's
+end-to-end check against `mediapipe.solutions.face_mesh` (0.028 px) carries over.
 
-Parity is measured twice on registry photos: the ONNX against TensorFlow Lite's interpreter on the same
-crops (the conversion), and facestack.pipeline.mesh (crop, ONNX, projection) against
-`mediapipe.solutions.face_mesh` end to end in image pixels, framed by MediaPipe's tracking rectangle.
+Parity is measured on registry photos against TensorFlow Lite's interpreter (`tflite-runtime`, the dev extra)
+on the same crops, framed as MediaPipe tracks a face: a first pass on a centred square, then the tracking
+rectangle of that mesh (facestack.pipeline.mesh.rect_from_mesh).
 """
 
 from __future__ import annotations
 
-import argparse
+import ast
 import hashlib
 import json
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
-from onnx import numpy_helper
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from export import tflite_onnx, weights
 from facestack import artifacts
-from facestack.artifacts import Artifact, pypi, sha256_file
+from facestack.artifacts import Artifact, pypi
 from facestack.pipeline import mesh
 
-OPSET = 13
-FACE_LANDMARK = pypi("mediapipe", "0.10.21", "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
-                     "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
-                     "mediapipe/modules/face_landmark/face_landmark.tflite",
+_WHEEL = ("mediapipe", "0.10.21", "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+          "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3")
+FACE_LANDMARK = pypi(*_WHEEL, "mediapipe/modules/face_landmark/face_landmark.tflite",
                      "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", "Apache-2.0")
+# The geometry metadata's schema, in dependency order (geometry_pipeline_metadata.proto imports mesh_3d.proto).
+GEOMETRY_SCHEMA = (
+    pypi(*_WHEEL, "mediapipe/modules/face_geometry/protos/mesh_3d_pb2.py",
+         "ce9dc3fbdb1010ec0b1ef665612d1a6e07b9204585ce4017a9275cc3c7d73ce1", "Apache-2.0"),
+    pypi(*_WHEEL, "mediapipe/modules/face_geometry/protos/geometry_pipeline_metadata_pb2.py",
+         "0976bba9bb28b39e7df1a494bd1a12ab2f0c0eae5f46f3e26b6c8e574e6ca7e1", "Apache-2.0"),
+)
+GEOMETRY_MESSAGE = "mediapipe.face_geometry.GeometryPipelineMetadata"
 FACE_MESH_NPM = Artifact("npm", "@mediapipe/face_mesh", "0.4.1657299874", "mediapipe-face_mesh-0.4.1657299874.tgz",
                          "c08a7e0742a326285da666cf81d77c8b6f3a181a2ee948cadaf166008e0d3bc7",
                          "package/face_mesh_solution_packed_assets.data",
                          "dbe5905c582c0462cdaea17e7e6ecea92edaa8cccc515c5e2e7291f2cbb5fb99", "Apache-2.0")
 GEOMETRY_SLICE = (3737848, 3757224)  # geometry_pipeline_metadata_landmarks.binarypb inside the packed data
 GEOMETRY_SHA256 = "bdbcda96dfcb7da883da124aaa2c55dee49770d934f0fcc71747f8c21bdc75b4"
+PARITY_TOLERANCE_PX = 0.01  # float32 reordering gives ~1e-4 px; a wrong operator mapping gives pixels
 PARITY_PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")
 SOURCE_OUTPUTS = {"conv2d_21": (mesh.LANDMARKS_NAME, [-1, mesh.POINTS, 3]), "conv2d_31": (mesh.FACE_FLAG_NAME, [-1, 1])}
 
 
-def convert(tflite: Path) -> onnx.ModelProto:
-    """tf2onnx's conversion, then the names and the batch axis (see the module docstring)."""
-    import tf2onnx
-
-    model, _ = tf2onnx.convert.from_tflite(str(tflite), opset=OPSET)
-    graph = model.graph
-    (graph_input,) = graph.input
-    source_input, graph_input.name = graph_input.name, mesh.INPUT_NAME
-    graph_input.type.tensor_type.shape.dim[0].dim_param = "N"
-    initializers = {init.name: init for init in graph.initializer}
-    renamed = {source_input: mesh.INPUT_NAME} | {src: name for src, (name, _) in SOURCE_OUTPUTS.items()}
-    for node in graph.node:
-        node.input[:] = [renamed.get(name, name) for name in node.input]
-        if node.output[0] in SOURCE_OUTPUTS:
-            if node.op_type != "Reshape":
-                raise RuntimeError(f"{node.output[0]} is made by {node.op_type}, expected the final Reshape")
-            target = initializers[node.input[1]]
-            target.CopyFrom(numpy_helper.from_array(np.array(SOURCE_OUTPUTS[node.output[0]][1], np.int64), target.name))
-        node.output[:] = [renamed.get(name, name) for name in node.output]
-    for output in graph.output:
-        name, shape = SOURCE_OUTPUTS[output.name]
-        output.name = name
-        dims = output.type.tensor_type.shape
-        dims.Clear()
-        for d in shape:
-            dims.dim.add().dim_param = "N" if d == -1 else ""
-            if d != -1:
-                dims.dim[-1].dim_value = d
-    canonical_names(graph)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+def serialized_descriptor(pb2_source: str) -> bytes:
+    """The FileDescriptorProto a generated *_pb2.py registers (its `AddSerializedFile(b'...')` literal)."""
+    for node in ast.walk(ast.parse(pb2_source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "AddSerializedFile":
+            return node.args[0].value
+    raise RuntimeError("no AddSerializedFile call in the generated protobuf module")
 
 
-def canonical_names(graph: onnx.GraphProto) -> None:
-    """Name nodes, intermediate tensors and initializers by their place in the graph (`conv_12`, `const_40`).
-
-    tf2onnx's optimiser walks sets (of names and of objects), so the names it makes up, and which of two
-    identical MaxPools survives the merge, change from run to run even under a fixed hash seed: without this,
-    two conversions of the same file compute the same thing but differ byte-wise."""
-    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
-    initializers = {init.name: init for init in graph.initializer}
-    renamed: dict[str, str] = {}
-    for index, node in enumerate(graph.node):
-        for name in node.input:
-            if name in initializers and name not in renamed:
-                renamed[name] = f"const_{len(renamed)}"
-        node.input[:] = [renamed.get(name, name) for name in node.input]
-        node.name = f"{node.op_type.lower()}_{index}"
-        for slot, name in enumerate(node.output):
-            if name not in keep:
-                renamed[name] = node.name if len(node.output) == 1 else f"{node.name}_{slot}"
-        node.output[:] = [renamed.get(name, name) for name in node.output]
-    ordered = [initializers[old] for old in renamed if old in initializers]
-    for init in ordered:
-        init.name = renamed[init.name]
-    del graph.initializer[:]
-    graph.initializer.extend(ordered)
+def geometry_metadata_class() -> type:
+    """MediaPipe's GeometryPipelineMetadata message, built from the wheel's descriptors in a private pool."""
+    pool = descriptor_pool.DescriptorPool()
+    for schema in GEOMETRY_SCHEMA:
+        blob = serialized_descriptor(artifacts.fetch(schema).read_text())
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(blob))
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(GEOMETRY_MESSAGE))
 
 
 def canonical_face(packed: Path) -> dict:
     """The canonical mesh (468 x, y, z in cm) and the Procrustes landmark ids and weights, from the binarypb."""
-    from mediapipe.modules.face_geometry.protos import geometry_pipeline_metadata_pb2
-
     blob = packed.read_bytes()[slice(*GEOMETRY_SLICE)]
     if hashlib.sha256(blob).hexdigest() != GEOMETRY_SHA256:
         raise artifacts.ArtifactError(f"the geometry metadata at {GEOMETRY_SLICE} of {packed} differs from its pin")
-    metadata = geometry_pipeline_metadata_pb2.GeometryPipelineMetadata()
-    metadata.ParseFromString(blob)
+    metadata = geometry_metadata_class().FromString(blob)
     # vertex_buffer: x, y, z, u, v per vertex (VERTEX_PT)
     vertices = np.asarray(metadata.canonical_mesh.vertex_buffer, np.float64).reshape(-1, 5)[:, :3]
     if vertices.shape != (mesh.POINTS, 3):
@@ -139,72 +98,61 @@ def canonical_face(packed: Path) -> dict:
 
 
 class Reference:
-    """MediaPipe's own FaceMesh (tracking mode: the second call on a photo is framed by the first's mesh)."""
+    """TensorFlow Lite's interpreter on the pinned .tflite: the conversion's reference."""
 
-    def __init__(self) -> None:
-        import mediapipe as mp
-        import tensorflow as tf
+    def __init__(self, tflite: Path) -> None:
+        from tflite_runtime.interpreter import Interpreter
 
-        self._mp = mp
-        self.interpreter = tf.lite.Interpreter(str(artifacts.fetch(FACE_LANDMARK)), num_threads=1)
+        self.interpreter = Interpreter(str(tflite), num_threads=1)
         self.interpreter.allocate_tensors()
 
-    def tflite(self, crop: np.ndarray) -> np.ndarray:
-        """The .tflite on one crop: [468, 3] crop pixels."""
+    def run(self, crop: np.ndarray) -> tuple[np.ndarray, float]:
+        """One crop [192, 192, 3] -> ([468, 3] crop pixels, presence logit)."""
         it = self.interpreter
         it.set_tensor(it.get_input_details()[0]["index"], crop[None])
         it.invoke()
         by_name = {d["name"]: it.get_tensor(d["index"]) for d in it.get_output_details()}
-        return by_name["conv2d_21"].reshape(mesh.POINTS, 3)
-
-    def solution(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(first, tracked) meshes in image pixels, or None when MediaPipe finds no face."""
-        h, w = rgb.shape[:2]
-        found = []
-        with self._mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
-                                                   refine_landmarks=False, min_detection_confidence=0.5) as fm:
-            for _ in range(2):
-                result = fm.process(rgb)
-                if not result.multi_face_landmarks:
-                    return None
-                lm = result.multi_face_landmarks[0].landmark
-                found.append(np.array([[p.x * w, p.y * h, p.z * w] for p in lm], np.float64))
-        return found[0], found[1]
+        return by_name["conv2d_21"].reshape(mesh.POINTS, 3), float(by_name["conv2d_31"].reshape(()))
 
 
-def parity(model_dir: Path, photos: tuple[str, ...] = PARITY_PHOTOS) -> dict:
-    """Max |difference| per photo: ONNX vs TFLite (crop pixels) and facestack vs MediaPipe (image pixels)."""
-    reference = Reference()
+def tracked_crops(rgb: np.ndarray, model: mesh.FaceMesh) -> list[np.ndarray]:
+    """Two crops as MediaPipe tracks a face: framed from a YuNet detection (OpenCV's own FaceDetectorYN on the
+    pinned YuNet weights, independent of facestack's detector code), then by the tracking rect of that mesh."""
+    h, w = rgb.shape[:2]
+    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(weights.YUNET)), "", (w, h))
+    _, faces = detector.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if faces is None:
+        raise RuntimeError("YuNet found no face in a parity photo")
+    x, y, fw, fh = faces[0][:4]
+    first = mesh.rect_from_detection(np.array([x, y, x + fw, y + fh]), faces[0][4:14].reshape(5, 2))
+    tracked = mesh.rect_from_mesh(model.run(rgb, first).points)
+    return [mesh.crop(rgb, first), mesh.crop(rgb, tracked)]
+
+
+def parity(model_dir: Path, tflite: Path, photos: tuple[str, ...] = PARITY_PHOTOS) -> dict:
+    """Max |ONNX - TFLite| per photo over both tracked crops: landmarks in crop pixels, presence logits (and the
+    presence on the tracked crop, which shows the crops are faces)."""
+    reference = Reference(tflite)
     ours = mesh.FaceMesh(model_dir)
     rows = []
     for name in photos:
         rgb = cv2.cvtColor(cv2.imread(str(artifacts.photo(name))), cv2.COLOR_BGR2RGB)
-        meshes = reference.solution(rgb)
-        if meshes is None:
-            raise RuntimeError(f"MediaPipe found no face in {name}")
-        first, tracked = meshes
-        rect = mesh.rect_from_mesh(first)
-        crop = mesh.crop(rgb, rect)
-        onnx_points, _ = ours.infer(crop[None])
-        tflite_points = reference.tflite(crop)
-        result = ours.run(rgb, rect)
-        iod = float(np.linalg.norm(tracked[mesh.LEFT_EYE_OUTER, :2] - tracked[mesh.RIGHT_EYE_OUTER, :2]))
-        diff = np.abs(result.points - tracked)
-        rows.append({"photo": name, "onnx_vs_tflite_max_px": float(np.abs(onnx_points[0] - tflite_points).max()),
-                     "pipeline_vs_mediapipe_max_px_xy": float(diff[:, :2].max()),
-                     "pipeline_vs_mediapipe_mean_px_xy": float(diff[:, :2].mean()),
-                     "pipeline_vs_mediapipe_max_px_z": float(diff[:, 2].max()),
-                     "eye_distance_px": iod})
-    return {"photos": rows,
-            "onnx_vs_tflite_max_px": max(r["onnx_vs_tflite_max_px"] for r in rows),
-            "pipeline_vs_mediapipe_max_px_xy": max(r["pipeline_vs_mediapipe_max_px_xy"] for r in rows),
-            "reference": {"tflite": "tensorflow.lite.Interpreter (TensorFlow "
-                          f"{__import__('tensorflow').__version__})",
-                          "solution": f"mediapipe {reference._mp.__version__} solutions.face_mesh "
-                                      "(refine_landmarks=False, second frame tracked)"}}
+        crops = tracked_crops(rgb, ours)
+        points, logits = ours.infer(np.stack(crops))
+        expected = [reference.run(c) for c in crops]
+        rows.append({"photo": name,
+                     "max_px": float(max(np.abs(p - e).max() for p, (e, _) in zip(points, expected, strict=True))),
+                     "max_logit": float(max(abs(float(g) - e) for g, (_, e) in zip(logits, expected, strict=True))),
+                     "presence": round(float(1 / (1 + np.exp(-logits[-1]))), 4)})
+    worst = max(r["max_px"] for r in rows)
+    if worst > PARITY_TOLERANCE_PX:
+        raise RuntimeError(f"face_mesh ONNX differs from TensorFlow Lite by {worst:.3g} px (> {PARITY_TOLERANCE_PX})")
+    return {"photos": rows, "onnx_vs_tflite_max_px": max(r["max_px"] for r in rows),
+            "onnx_vs_tflite_max_logit": max(r["max_logit"] for r in rows),
+            "reference": f"tflite_runtime {__import__('tflite_runtime').__version__} Interpreter (1 thread)"}
 
 
-def latency(model_dir: Path, runs: int = 300) -> dict:
+def latency(model_dir: Path, runs: int = 200) -> dict:
     """Median and p90 ms of one face through the ONNX at 1 thread (batch 1)."""
     ours = mesh.FaceMesh(model_dir, threads=1)
     x = np.random.default_rng(0).random((1, mesh.INPUT_SIZE, mesh.INPUT_SIZE, 3), dtype=np.float32)
@@ -219,76 +167,30 @@ def latency(model_dir: Path, runs: int = 300) -> dict:
             "p90_ms": round(float(np.percentile(times, 90)), 3), "min_ms": round(float(np.min(times)), 3)}
 
 
-def source_fields() -> dict:
-    def one(a: Artifact) -> dict:
-        return {"registry": a.registry, "package": a.package, "version": a.version, "archive": a.archive,
-                "archive_sha256": a.archive_sha256, "member": a.member, "member_sha256": a.member_sha256,
-                "licence": a.licence}
-
-    return {"source": one(FACE_LANDMARK),
-            "canonical_source": {**one(FACE_MESH_NPM), "slice": list(GEOMETRY_SLICE), "slice_sha256": GEOMETRY_SHA256}}
-
-
-def export(out_dir: Path) -> dict:
-    timings = {}
-    started = time.perf_counter()
-    tflite, packed = artifacts.fetch(FACE_LANDMARK), artifacts.fetch(FACE_MESH_NPM)
-    timings["fetch_s"] = round(time.perf_counter() - started, 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    model = convert(tflite)
-    timings["convert_s"] = round(time.perf_counter() - t, 1)
-    # Written beside the target and renamed, so a crash never leaves a half-written model.
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        (Path(tmp) / mesh.MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
-        (Path(tmp) / mesh.CANONICAL_FILE).write_text(json.dumps(canonical_face(packed)) + "\n")
-        for name in (mesh.MODEL_FILE, mesh.CANONICAL_FILE):
-            (Path(tmp) / name).replace(out_dir / name)
-    t = time.perf_counter()
-    checked = parity(out_dir)
-    timings["parity_s"] = round(time.perf_counter() - t, 1)
-    onnx_path = out_dir / mesh.MODEL_FILE
-    manifest = {
-        "name": "face_mesh", "family": "mediapipe-face-landmark-468", "licence": "Apache-2.0",
+def export_onnx(src: Path, out: Path) -> dict:
+    """`python -m export`'s entry: model.onnx at `out`, the canonical face beside it, parity checked there."""
+    model = tflite_onnx.convert(src, mesh.INPUT_NAME, SOURCE_OUTPUTS)
+    out.write_bytes(model.SerializeToString(deterministic=True))
+    packed = artifacts.fetch(FACE_MESH_NPM)
+    canonical = out.with_name(mesh.CANONICAL_FILE)
+    canonical.write_text(json.dumps(canonical_face(packed)) + "\n")
+    a = FACE_MESH_NPM
+    return {
         "licence_evidence": [
             "mediapipe-0.10.21.dist-info/LICENSE (Apache License, Version 2.0); METADATA 'License: Apache 2.0'",
             "@mediapipe/face_mesh package/package.json '\"license\": \"Apache-2.0\"'"],
-        **source_fields(),
-        "exporter": {"module": "export/facemesh.py", "sha256": sha256_file(Path(__file__)),
-                     "converter": f"tf2onnx {__import__('tf2onnx').__version__} from_tflite, opset {OPSET}"},
-        "output": {"file": mesh.MODEL_FILE, "sha256": sha256_file(onnx_path), "bytes": onnx_path.stat().st_size},
-        "canonical": {"file": mesh.CANONICAL_FILE, "sha256": sha256_file(out_dir / mesh.CANONICAL_FILE)},
+        "canonical_source": {"registry": a.registry, "package": a.package, "version": a.version,
+                             "archive": a.archive, "archive_sha256": a.archive_sha256, "member": a.member,
+                             "member_sha256": a.member_sha256, "slice": list(GEOMETRY_SLICE),
+                             "slice_sha256": GEOMETRY_SHA256,
+                             "schema": [s.member for s in GEOMETRY_SCHEMA]},
+        "canonical": {"file": mesh.CANONICAL_FILE, "sha256": artifacts.sha256_file(canonical)},
+        "converter": f"export/tflite_onnx.py, opset {tflite_onnx.OPSET}",
         "input": {"name": mesh.INPUT_NAME, "shape": ["N", mesh.INPUT_SIZE, mesh.INPUT_SIZE, 3], "layout": "NHWC",
                   "colour": "RGB", "scale": "0..1 float32",
                   "framing": "square rotated to level the eyes, 1.5x the face (facestack.pipeline.mesh.Rect)"},
         "outputs": {mesh.LANDMARKS_NAME: {"shape": ["N", mesh.POINTS, 3], "units": "crop pixels (z scaled like x)"},
                     mesh.FACE_FLAG_NAME: {"shape": ["N", 1], "units": "logit of face presence"}},
-        "parity": checked,
-        "latency": latency(out_dir),
-        "timings": timings,
+        "parity": parity(out.parent, src),
+        "latency": latency(out.parent),
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.facemesh", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=artifacts.REPO_ROOT / "model_repository" / "face_mesh" / "1")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    try:
-        manifest = export(args.out)
-    except (artifacts.ArtifactError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    p = manifest["parity"]
-    print(f"face_mesh -> {args.out / mesh.MODEL_FILE} ({manifest['output']['bytes'] / 1e6:.1f} MB, "
-          f"{time.perf_counter() - started:.1f} s): ONNX vs TFLite max {p['onnx_vs_tflite_max_px']:.2e} px, "
-          f"pipeline vs MediaPipe max {p['pipeline_vs_mediapipe_max_px_xy']:.2e} px, "
-          f"{manifest['latency']['median_ms']} ms/face at 1 thread")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

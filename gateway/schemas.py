@@ -405,7 +405,7 @@ class LivenessResult(BaseModel):
     steps: list[LivenessStep]
     frames: list[LivenessFrame]
     pose_source: Literal["mesh", "five-point"] = Field(
-        description="the pose the steps were judged by: the face mesh where the pipeline has it (`make mesh`), "
+        description="the pose the steps were judged by: the face mesh where the pipeline has it (the default), "
                     "else YuNet's five landmarks")
     yaw_deg: float = Field(description="the yaw change that counted as a turn, in that pose's degrees")
     pitch_deg: float | None = Field(description="the pitch change that counted as a look up or down (null: "

@@ -83,3 +83,37 @@ def test_tensorrt_without_a_gpu_says_what_is_missing(tmp_path: Path, capsys: pyt
     assert export_cli.main(["--repository", str(tmp_path), "--only", "face_detector", "--tensorrt"]) == 1
     err = capsys.readouterr().err
     assert "--tensorrt needs" in err and "TensorRT" in err
+
+
+def test_face_mesh_exports_with_its_canonical_face(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mesh is converted without TensorFlow (export/tflite_onnx.py), checked against TensorFlow Lite at export,
+    and written with the canonical face beside it; a change to the converter re-exports it too."""
+    assert export_cli.main(["--repository", str(tmp_path), "--only", "face_mesh"]) == 0
+    version_dir = tmp_path / "face_mesh" / "1"
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    assert (version_dir / "canonical_face.json").exists()
+    assert manifest["exporter"]["helpers"] == ["export/tflite_onnx.py"]
+    assert manifest["parity"]["onnx_vs_tflite_max_px"] < 1e-3 and manifest["licence"] == "Apache-2.0"
+    spec = next(m for m in export_cli.MODELS if m.model == "face_mesh")
+    assert export_cli.is_current(tmp_path, spec)
+    real = export_cli.sha256_file
+    monkeypatch.setattr(export_cli, "sha256_file",
+                        lambda path: "0" * 64 if Path(path).name == "tflite_onnx.py" else real(path))
+    assert not export_cli.is_current(tmp_path, spec)
+
+
+def test_npm_artifacts_download_without_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where npm is not installed (the Triton image exports the face mesh's canonical face at build time), an
+    npm artifact comes from the registry's tarball URL, and is checked like any download."""
+    from export import facemesh
+
+    assert artifacts.npm_tarball_url(facemesh.FACE_MESH_NPM) == (
+        "https://registry.npmjs.org/@mediapipe/face_mesh/-/face_mesh-0.4.1657299874.tgz")
+    monkeypatch.setenv("FACESTACK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(artifacts.shutil, "which", lambda name: None)
+    path = artifacts.fetch(facemesh.FACE_MESH_NPM)
+    assert artifacts.sha256_file(path) == facemesh.FACE_MESH_NPM.member_sha256
+    wrong = dataclasses.replace(facemesh.FACE_MESH_NPM, archive_sha256="0" * 64, member="package/other")
+    (tmp_path / "downloads" / wrong.archive).unlink()
+    with pytest.raises(artifacts.ArtifactError, match="sha256 mismatch"):
+        artifacts.fetch(wrong)

@@ -165,7 +165,7 @@ class Mesh:
 
 
 def model_dir(repository: Path, model: str) -> Path | None:
-    """The newest version folder of `model` holding both files FaceMesh needs, or None (`make mesh` not run)."""
+    """The newest version folder of `model` holding both files FaceMesh needs, or None (not exported)."""
     return newest_version(repository / model, MODEL_FILE, CANONICAL_FILE) if model else None
 
 

@@ -77,7 +77,7 @@ class PipelineModel:
                 f"composing_models must be in_process or triton, not {self.composing!r}")
         pad_score = self._pad_model(repository, params.pad_model, params.intra_op_threads)
         # The face mesh runs in this process in every composing mode (a ~7 ms CPU model, asked for by liveness
-        # frames only); absent until `make mesh` exports it.
+        # frames only); `make models` exports it (a repository without it runs without).
         mesh_dir = mesh.model_dir(repository, params.mesh_model)
         face_mesh = mesh.FaceMesh(mesh_dir, threads=max(1, params.intra_op_threads)) if mesh_dir else None
         self.pipeline = FacePipeline(detect, embed, specs, params, pad_score=pad_score, face_mesh=face_mesh)

@@ -20,7 +20,7 @@ from facestack.pipeline.quality import as_dict as quality_dict
 MODEL = "face_pipeline"
 OUTPUTS = ("BOXES", "SCORES", "LANDMARKS", "EMBEDDINGS", "QUALITY", "IMAGE_SIZE", "EMBEDDER_MODEL")
 PAD_OUTPUT = "PAD_SCORES"  # optional: only while a face_pad model runs (docs/liveness.md)
-# Optional: the face mesh (`make mesh`) on each face, run only when a request sets MESH (liveness frames).
+# Optional: the face mesh (model_repository/face_mesh) per face, run only when a request sets MESH (liveness frames).
 MESH_INPUT = "MESH"
 MESH_POSE_OUTPUT = "MESH_POSE"  # [F, 3] yaw, pitch, roll in degrees (facestack.pipeline.mesh.head_pose)
 EYES_OUTPUT = "EYE_OPENNESS"  # [F, 2] right, left (facestack.pipeline.mesh.eye_openness)

@@ -52,7 +52,7 @@ class PipelineParameters:
     detector_model: str = DETECTOR_MODEL
     embedder_max_batch: int = 64  # crops per BLS call to an embedder
     pad_model: str = ""  # the face_pad slot ("" = never called)
-    mesh_model: str = ""  # the FaceMesh folder (`make mesh`), run on request (MESH); "" = never
+    mesh_model: str = ""  # the FaceMesh model folder, run on request (MESH); "" = never
 
     @classmethod
     def from_config(cls, config: dict) -> PipelineParameters:

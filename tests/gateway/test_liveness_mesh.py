@@ -1,5 +1,5 @@
-"""The face mesh in the real stack: face_pipeline runs it on request (MESH) when `make mesh` exported it into
-model_repository/face_mesh/, and the liveness answer is judged by its pose. Skipped without the export.
+"""The face mesh in the real stack: face_pipeline runs it on request (MESH) from model_repository/face_mesh/
+(exported by `make models`), and the liveness answer is judged by its pose.
 
 Frames are the registry photos of test_liveness.py: obama.jpg frontal, obama2.jpg turned to his right, and
 obama2.jpg mirrored (turned to his left).
@@ -17,8 +17,6 @@ from facestack.settings import REPO_ROOT
 from facestack.triton.contract import EYES_OUTPUT, MESH_INPUT, MESH_POSE_OUTPUT
 
 MESH_DIR = mesh.model_dir(REPO_ROOT / "model_repository", "face_mesh")
-pytestmark = pytest.mark.skipif(MESH_DIR is None, reason="no model_repository/face_mesh/1 (`make mesh` not run: "
-                                                          "the converter venv costs ~9 min, docs/mesh.md)")
 TURNS = ["turn_left", "turn_right"]
 
 
