@@ -355,8 +355,10 @@ def run(root: Path, *, per_person: int, ask_yaw: float, ask_pitch: float, fronta
     runner = Runner(repository, settings.gateway_min_face_size, mesh_model if pose == "mesh" else None)
     model, _, version = runner.versions[settings.gateway_default_embedder].partition(":")
     identity = OperatingPoints(repository).decide(model, version, name=settings.gateway_liveness_identity_point)
-    shipped = Config("shipped defaults", tuple(settings.gateway_liveness_actions), settings.gateway_liveness_yaw_deg,
-                     settings.gateway_liveness_pitch_deg)
+    # the gateway's own thresholds for this pose source
+    yaw, pitch = ((settings.gateway_liveness_mesh_yaw_deg, settings.gateway_liveness_mesh_pitch_deg) if pose == "mesh"
+                  else (settings.gateway_liveness_yaw_deg, settings.gateway_liveness_pitch_deg))
+    shipped = Config("shipped defaults", tuple(settings.gateway_liveness_actions), yaw, pitch)
     ask = liveness.Thresholds(ask_yaw, ask_pitch, identity.threshold)
     started = time.perf_counter()
     measured: dict[str, dict] = {}

@@ -49,12 +49,17 @@ REASONS = {
 
 
 def new_actions(rng: random.Random | None = None, allowed: Sequence[str] = ACTIONS) -> list[str]:
-    """2 or 3 distinct actions of `allowed` in random order (the system's random source unless `rng` is given)."""
+    """2 or 3 actions of `allowed`, none the same as the one before, in random order (the system's random source
+    unless `rng` is given). An action may come back after another (left, right, left): with the two turns, that
+    makes four sequences instead of two, so one recording answers a quarter of the challenges, not half."""
     rng = rng or random.SystemRandom()
     choices = sorted(set(allowed))
     if len(choices) < 2 or not set(choices) <= set(ACTIONS):
         raise ValueError(f"a challenge needs at least two of {ACTIONS}, not {allowed}")
-    return rng.sample(choices, rng.choice([n for n in (2, 3) if n <= len(choices)]))
+    actions = [rng.choice(choices)]
+    for _ in range(rng.choice((2, 3)) - 1):
+        actions.append(rng.choice([a for a in choices if a != actions[-1]]))
+    return actions
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ CONVENTION = ("unmirrored camera frames; turn_left = the person turns to their o
 
 @router.post("/challenges", status_code=201, response_model=ChallengeResponse,
              summary="Issue a head-movement challenge",
-             description="A random sequence of 2-3 distinct actions, a nonce and a deadline, stored server-side for "
-                         "one use. Capture a frontal frame, then a few frames per action in order, and send them "
-                         "to `/v1/liveness/challenges/{id}/frames` with the nonce before `expires_at`.",
+             description="A random sequence of 2-3 actions (none twice in a row), a nonce and a deadline, "
+                         "stored server-side for one use. Capture a frontal frame, then a few frames per action in "
+                         "order, and send them to `/v1/liveness/challenges/{id}/frames` with the nonce before "
+                         "`expires_at`.",
              responses=problems(*BACKEND, "forbidden"))
 async def issue(principal: VerifyKey, settings: deps.SettingsDep, challenges: deps.ChallengesDep) -> dict:
     actions = liveness.new_actions(allowed=settings.gateway_liveness_actions)

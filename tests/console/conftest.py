@@ -66,10 +66,10 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-# Liveness challenges from the turns only, a turn counting from 8 degrees (default 15) and a look up or down from 25
-# (default 10): the registry photos the fake webcam shows turn about 13 and 21 degrees and differ in pitch by up to
-# 10 (tests/console/camera.py). The rule at its defaults is tested in tests/gateway/test_liveness*.py; here, the
-# console is.
+# Liveness: the default turns, judged by the face mesh at its default yaw (8 mesh degrees). The five-point values
+# matter only for a repository without the mesh: a turn from 8 degrees (default 15), a look from 25 (default 10),
+# since the registry photos the fake webcam shows turn about 13 and 21 degrees by five landmarks and differ in pitch
+# by up to 10 (tests/console/camera.py). The rule is tested in tests/gateway/test_liveness*.py; here, the console.
 LIVENESS = {"gateway_liveness_actions": ["turn_left", "turn_right"], "gateway_liveness_yaw_deg": 8,
             "gateway_liveness_pitch_deg": 25}
 

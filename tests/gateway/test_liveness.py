@@ -29,31 +29,15 @@ from facestack.artifacts import photo_bytes
 from facestack.pipeline import pad as pad_contract
 from facestack.triton.launcher import TritonServer
 from gateway.audit import verify_chain
+from tests.gateway.liveness_frames import Person
 
 TURNS = ["turn_left", "turn_right"]
-
-
-def mirrored(data: bytes) -> bytes:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return cv2.imencode(".jpg", np.ascontiguousarray(image[:, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
 
 
 def reencoded(data: bytes, quality: int) -> bytes:
     out = io.BytesIO()
     Image.open(io.BytesIO(data)).convert("RGB").save(out, "JPEG", quality=quality)
     return out.getvalue()
-
-
-class Person:
-    """A frontal photo and a real photo for each turn."""
-
-    def __init__(self, frontal: str, turned_right: str) -> None:
-        self.data = photo_bytes(frontal)
-        self.poses = {"turn_right": photo_bytes(turned_right), "turn_left": mirrored(photo_bytes(turned_right))}
-
-    def frames(self, actions: list[str]) -> list[bytes]:
-        """The frontal first frame, then one frame per action."""
-        return [self.data] + [self.poses[a] for a in actions]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +72,8 @@ def challenge(client) -> dict:
     r = client.post("/v1/liveness/challenges")
     assert r.status_code == 201, r.text
     body = r.json()
-    assert 2 <= len(body["actions"]) <= 3 and len(set(body["actions"])) == len(body["actions"])
+    actions = body["actions"]
+    assert 2 <= len(actions) <= 3 and all(a != b for a, b in zip(actions, actions[1:], strict=False))
     return body
 
 
@@ -121,9 +106,11 @@ def test_turn_left_is_yaw_up_on_real_faces(acme):
 
 
 def test_default_challenges_are_the_two_turns(gw, keys):
+    """Left-right, right-left, and the two three-step returns (gateway.liveness.new_actions)."""
     with gw.client(keys["acme"]) as client:
-        issued = [challenge(client)["actions"] for _ in range(12)]
-    assert {tuple(a) for a in issued} == {tuple(TURNS), tuple(reversed(TURNS))}
+        issued = [challenge(client)["actions"] for _ in range(40)]
+    left, right = TURNS
+    assert {tuple(a) for a in issued} == {(left, right), (right, left), (left, right, left), (right, left, right)}
 
 
 def test_live_then_verify_bound_to_it(acme, obama, turns_gw, problem):
@@ -164,7 +151,7 @@ def test_verify_refuses_failed_unknown_and_other_tenants_challenges(acme, globex
     files = {"probe": ("p.jpg", photo_bytes("obama2.jpg")), "reference": ("r.jpg", photo_bytes("obama3.jpg"))}
     problem(acme.post("/v1/verify", data={"liveness_challenge": "0" * 32}, files=files), 422, "liveness_failed")
     issued = challenge(acme)
-    still = [reencoded(obama.data, q) for q in (95, 85, 75)]
+    still = [reencoded(obama.data, q) for q in (95, 85, 75, 65)]  # one frame per step and the first
     assert submit(acme, issued, still).json()["decision"] == "not_live"
     problem(acme.post("/v1/verify", data={"liveness_challenge": issued["challenge_id"]}, files=files), 422,
             "liveness_failed")
@@ -175,8 +162,10 @@ def test_verify_refuses_failed_unknown_and_other_tenants_challenges(acme, globex
 
 
 def test_wrong_order_is_not_live(acme, obama):
+    """The turns the other way round (left-right for right-left; right-left-right for left-right-left)."""
     issued = challenge(acme)
-    body = submit(acme, issued, obama.frames(list(reversed(issued["actions"])))).json()
+    other = {"turn_left": "turn_right", "turn_right": "turn_left"}
+    body = submit(acme, issued, obama.frames([other[a] for a in issued["actions"]])).json()
     assert (body["decision"], body["reason"], body["frame"]) == ("not_live", "unexpected_action", 1), body
 
 

@@ -123,12 +123,33 @@ def test_directions():
     assert liveness.classify(Frame("a", 1, yaw=10.0, pitch=5.0), first, TH) == "neutral"  # below both thresholds
 
 
-def test_new_actions_are_two_or_three_distinct_known_actions():
+def test_new_actions_are_two_or_three_known_actions_none_twice_in_a_row():
     rng = random.Random(1)
-    seen = [liveness.new_actions(rng) for _ in range(200)]
+    seen = [liveness.new_actions(rng) for _ in range(400)]
     assert {len(a) for a in seen} == {2, 3}
-    assert all(len(set(a)) == len(a) and set(a) <= set(liveness.ACTIONS) for a in seen)
-    assert len({tuple(a) for a in seen}) > 20  # random order and choice, not a fixed script
+    assert all(set(a) <= set(liveness.ACTIONS) and all(x != y for x, y in zip(a, a[1:], strict=False)) for a in seen)
+    assert len({tuple(a) for a in seen}) == 4 * 3 + 4 * 3 * 3  # every sequence the rule allows turns up
+
+
+def test_the_two_turns_make_four_sequences():
+    """Turns only (the default): left-right, right-left, and the three-step returns; a single recording of one
+    of them answers a quarter of the challenges."""
+    rng = random.Random(2)
+    seen = {tuple(liveness.new_actions(rng, ["turn_left", "turn_right"])) for _ in range(200)}
+    assert seen == {("turn_left", "turn_right"), ("turn_right", "turn_left"),
+                    ("turn_left", "turn_right", "turn_left"), ("turn_right", "turn_left", "turn_right")}
+
+
+def test_a_turn_asked_twice_needs_the_return():
+    """left, right, left: the second left counts only after the right; holding the first left is not it."""
+    actions = ["turn_left", "turn_right", "turn_left"]
+    done = [frame("neutral", 0), frame("turn_left", 1), frame("neutral", 2), frame("turn_right", 3),
+            frame("neutral", 4), frame("turn_left", 5)]
+    assert evaluate(actions, done, TH).reason == "all_steps"
+    held = [frame("neutral", 0), frame("turn_left", 1), frame("turn_left", 2), frame("turn_right", 3)]
+    outcome = evaluate(actions, held, TH)
+    assert (outcome.decision, outcome.reason) == ("not_live", "step_missing")
+    assert [s["passed"] for s in outcome.steps] == [True, True, False]
 
 
 def test_pitch_is_judged_only_where_a_challenge_can_ask_for_it():

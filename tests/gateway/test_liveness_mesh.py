@@ -15,14 +15,10 @@ from facestack.artifacts import photo_bytes
 from facestack.pipeline import mesh
 from facestack.settings import REPO_ROOT
 from facestack.triton.contract import EYES_OUTPUT, MESH_INPUT, MESH_POSE_OUTPUT
+from tests.gateway.liveness_frames import Person
 
 MESH_DIR = mesh.model_dir(REPO_ROOT / "model_repository", "face_mesh")
 TURNS = ["turn_left", "turn_right"]
-
-
-def mirrored(data: bytes) -> bytes:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return cv2.imencode(".jpg", np.ascontiguousarray(image[:, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
 
 
 def infer(url: str, image: bytes, with_mesh: bool | None):
@@ -56,18 +52,18 @@ def test_the_pipeline_runs_the_mesh_only_when_asked(triton):
 
 
 @pytest.fixture(scope="module")
-def acme(spawn, keys):
-    with spawn(gateway_liveness_actions=TURNS) as gateway, gateway.client(keys["acme"]) as client:
+def acme(gw, keys):
+    """The session's gateway: default settings (turns only, judged by the mesh where the pipeline has it)."""
+    with gw.client(keys["acme"]) as client:
         yield client
 
 
 def test_liveness_is_judged_by_the_mesh_pose(acme):
-    frontal, right = photo_bytes("obama.jpg"), photo_bytes("obama2.jpg")
-    poses = {"turn_right": right, "turn_left": mirrored(right)}
+    obama = Person("obama.jpg", "obama2.jpg")
+    frontal = obama.data
     issued = acme.post("/v1/liveness/challenges").json()
     r = acme.post(f"/v1/liveness/challenges/{issued['challenge_id']}/frames", data={"nonce": issued["nonce"]},
-                  files=[("frames", (f"f{i}.jpg", f))
-                         for i, f in enumerate([frontal, *(poses[a] for a in issued["actions"])])])
+                  files=[("frames", (f"f{i}.jpg", f)) for i, f in enumerate(obama.frames(issued["actions"]))])
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["decision"], body["pose_source"]) == ("live", "mesh"), body
