@@ -32,6 +32,10 @@ PORT_KEYS = ("proxy_port", "proxy_internal_port", "root_coord_port", "query_coor
              "index_coord_port", "index_node_port", "data_coord_port", "data_node_port", "etcd_port")
 # Bounded consistency reads see writes older than this (Milvus' common.gracefulTime, default 5000 ms).
 DEFAULT_GRACEFUL_MS = 5000
+# How often the proxy syncs its time tick (Milvus' proxy.timeTickInterval, default 200 ms). A Strong read waits
+# for the next tick after the write it must see, so it costs up to this much: the store's creates (a claim then a
+# Strong read) take ~1.2 s at 200 ms and ~0.2 s at 50 ms on this machine. The tests run at 50 ms.
+DEFAULT_TIME_TICK_MS = 200
 
 
 class MilvusServerError(RuntimeError):
@@ -54,9 +58,10 @@ class MilvusServer:
     """
 
     def __init__(self, data_dir: Path, *, graceful_ms: int = DEFAULT_GRACEFUL_MS, session_ttl_s: int = 10,
-                 start_timeout_s: float = 180.0) -> None:
+                 start_timeout_s: float = 180.0, time_tick_ms: int = DEFAULT_TIME_TICK_MS) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.graceful_ms = graceful_ms
+        self.time_tick_ms = time_tick_ms
         self.session_ttl_s = session_ttl_s  # a restart waits for the killed server's sessions to expire
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
@@ -85,6 +90,7 @@ class MilvusServer:
         config = MilvusServerConfig(data_dir=str(self.data_dir), **self.ports)
         config.set("common.gracefulTime", self.graceful_ms)
         config.set("common.session.ttl", self.session_ttl_s)
+        config.set("proxy.timeTickInterval", self.time_tick_ms)
         config.resolve()  # writes configs/milvus.yaml with the storage paths under data_dir
         etcd = self.data_dir / "configs" / "embed-etcd.yaml"
         client, peer = (f"http://127.0.0.1:{self.ports[k]}" for k in ("etcd_port", "etcd_peer_port"))

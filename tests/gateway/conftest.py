@@ -88,12 +88,16 @@ class LiveGateway:
 
 # The test server's Bounded staleness (common.gracefulTime): short, so erasure receipts wait 1 s, not 5 s.
 SERVER_STALENESS_S = 1.0
+# Its proxy time tick: 50 ms (Milvus' default 200), so a Strong read waits ~50 ms for the write it must see:
+# the server's tests assert what is read, never how fast (localstack/milvus_server.py DEFAULT_TIME_TICK_MS).
+SERVER_TIME_TICK_MS = 50
 
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory) -> Iterator[MilvusServer]:
     """The real Milvus 2.3.5 standalone server (own data directory, free ports), killed at the end."""
-    server = MilvusServer(tmp_path_factory.mktemp("milvus-server"), graceful_ms=int(SERVER_STALENESS_S * 1000))
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server"), graceful_ms=int(SERVER_STALENESS_S * 1000),
+                          time_tick_ms=SERVER_TIME_TICK_MS)
     with server:
         yield server
 

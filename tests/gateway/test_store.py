@@ -25,7 +25,7 @@ from gateway.metrics import Metrics
 from gateway.store import MAX_QUERY_WINDOW, Store, template_collection
 from localstack.milvus_server import MilvusServer
 
-from .conftest import SERVER_STALENESS_S, unique
+from .conftest import SERVER_STALENESS_S, SERVER_TIME_TICK_MS, unique
 
 MODEL, VERSION = "face_embedder", "1"
 
@@ -182,7 +182,7 @@ def test_two_replicas_cannot_both_create(milvus_server) -> None:
 def test_kill_9_of_the_server_loses_no_acknowledged_enrolment(tmp_path: Path) -> None:
     """Enrolments run concurrently; the server is killed mid-stream, restarted, and every acknowledged
     template is read back (Strong)."""
-    server = MilvusServer(tmp_path / "milvus", graceful_ms=1000).start()
+    server = MilvusServer(tmp_path / "milvus", graceful_ms=1000, time_tick_ms=SERVER_TIME_TICK_MS).start()
     acknowledged: list[str] = []
     lock = threading.Lock()
     try:
