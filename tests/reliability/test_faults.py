@@ -85,7 +85,11 @@ def test_frozen_triton_deadlines_honoured_and_no_pile_up(own_triton, spawn, keys
         timed_out = [c for c in calls if c.status == 504]
         assert len(rejected) + len(timed_out) == burst, [(c.status, c.code) for c in calls]
         assert len(rejected) >= burst - slots - queue  # past slots + queue: refused, not queued
-        assert all(c.code == "rate_limited" and c.retry_after and c.ended - c.started < 0.5 for c in rejected)
+        assert all(c.code == "rate_limited" and c.retry_after for c in rejected), [(c.code, c.retry_after)
+                                                                                 for c in rejected]
+        # Refused at once, not after queueing: a queued call would wait for a slot until `timeout`; half of it
+        # leaves room for a burst of 12 uploads on two shared cores (0.5 s was missed once in CI-like load).
+        assert max(c.ended - c.started for c in rejected) < timeout / 2, sorted(c.ended - c.started for c in rejected)
         assert all(c.code == "timeout" for c in timed_out)
         # A call waits at most `timeout` for a slot, then at most `timeout` in Triton.
         assert max(c.ended - c.started for c in timed_out) < 2 * timeout + 1.0
