@@ -115,11 +115,10 @@ class Reference:
         return by_name["conv2d_21"].reshape(mesh.POINTS, 3), float(by_name["conv2d_31"].reshape(()))
 
 
-def tracked_crops(rgb: np.ndarray, model: mesh.FaceMesh) -> list[np.ndarray]:
+def tracked_crops(rgb: np.ndarray, model: mesh.FaceMesh, detector: cv2.FaceDetectorYN) -> list[np.ndarray]:
     """Two crops as MediaPipe tracks a face: framed from a YuNet detection (OpenCV's own FaceDetectorYN on the
     pinned YuNet weights, independent of facestack's detector code), then by the tracking rect of that mesh."""
-    h, w = rgb.shape[:2]
-    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(weights.YUNET)), "", (w, h))
+    detector.setInputSize(rgb.shape[1::-1])
     _, faces = detector.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if faces is None:
         raise RuntimeError("YuNet found no face in a parity photo")
@@ -134,10 +133,11 @@ def parity(model_dir: Path, tflite: Path, photos: tuple[str, ...] = PARITY_PHOTO
     presence on the tracked crop, which shows the crops are faces)."""
     reference = Reference(tflite)
     ours = mesh.FaceMesh(model_dir)
+    detector = cv2.FaceDetectorYN.create(str(artifacts.fetch(weights.YUNET)), "", (320, 320))  # loaded once
     rows = []
     for name in photos:
         rgb = cv2.cvtColor(cv2.imread(str(artifacts.photo(name))), cv2.COLOR_BGR2RGB)
-        crops = tracked_crops(rgb, ours)
+        crops = tracked_crops(rgb, ours, detector)
         points, logits = ours.infer(np.stack(crops))
         expected = [reference.run(c) for c in crops]
         rows.append({"photo": name,

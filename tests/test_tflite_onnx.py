@@ -36,20 +36,15 @@ def test_conversion_is_reproducible(tflite_file):
 
 def test_matches_tensorflow_lite_on_any_input(tflite_file):
     """Random crops (not faces: every operator's arithmetic, not only a face's typical range), a batch of 3."""
-    from tflite_runtime.interpreter import Interpreter
-
     session = ort.InferenceSession(convert(tflite_file), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(7).random((3, mesh.INPUT_SIZE, mesh.INPUT_SIZE, 3), dtype=np.float32)
     landmarks, flags = session.run([mesh.LANDMARKS_NAME, mesh.FACE_FLAG_NAME], {mesh.INPUT_NAME: x})
     assert landmarks.shape == (3, mesh.POINTS, 3) and flags.shape == (3, 1)
-    reference = Interpreter(str(tflite_file), num_threads=1)
-    reference.allocate_tensors()
+    reference = facemesh.Reference(tflite_file)
     for i in range(3):
-        reference.set_tensor(reference.get_input_details()[0]["index"], x[i:i + 1])
-        reference.invoke()
-        out = {d["name"]: reference.get_tensor(d["index"]) for d in reference.get_output_details()}
-        np.testing.assert_allclose(landmarks[i], out["conv2d_21"].reshape(mesh.POINTS, 3), atol=1e-3)
-        np.testing.assert_allclose(flags[i], out["conv2d_31"].reshape(1), atol=1e-3)
+        points, logit = reference.run(x[i])
+        np.testing.assert_allclose(landmarks[i], points, atol=1e-3)
+        np.testing.assert_allclose(flags[i], [logit], atol=1e-3)
 
 
 def test_an_unmapped_operator_is_refused(tflite_file, monkeypatch):
