@@ -18,7 +18,6 @@ from facestack.triton.contract import EYES_OUTPUT, MESH_INPUT, MESH_POSE_OUTPUT
 from tests.gateway.liveness_frames import Person
 
 MESH_DIR = mesh.model_dir(REPO_ROOT / "model_repository", "face_mesh")
-TURNS = ["turn_left", "turn_right"]
 
 
 def infer(url: str, image: bytes, with_mesh: bool | None):
